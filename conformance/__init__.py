@@ -1,0 +1,1 @@
+"""The conformance suites and the gpuconform command line."""

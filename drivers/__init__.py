@@ -1,0 +1,1 @@
+"""Driver adapters and the shared request model."""

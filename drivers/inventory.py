@@ -1,0 +1,192 @@
+"""The host's ground truth: one record per GPU, and the native ids that select each one.
+
+Every comparison in the harness is by UUID (SPEC section 2): indices are renumbered inside
+sandboxes. The native ids live here, in the inventory, rather than in the adapters, so the
+simulated host can use its own CDI kind and never be confused with (or shadow) a real NVIDIA one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Id schemes: which family of drivers an id form belongs to.
+SCHEME_CDI = "cdi"  # docker (CDI path), podman: "nvidia.com/gpu=0", "...=GPU-<uuid>"
+SCHEME_LEGACY = "legacy"  # docker --gpus / NVIDIA_VISIBLE_DEVICES: "0", "GPU-<uuid>"
+SCHEME_PCI = "pci"  # qemu/vfio: "0000:18:00.0", or the host index
+SCHEME_HOST = "host"  # bare host: CUDA_VISIBLE_DEVICES index or UUID
+
+REAL_CDI_KIND = "nvidia.com/gpu"
+
+_PCI_RE = re.compile(r"^(?P<domain>[0-9a-fA-F]{4,8}):(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$")
+
+
+class InventoryError(ValueError):
+    """The inventory could not be read or is inconsistent."""
+
+
+def normalise_pci_bus_id(bus_id: str) -> str:
+    """Return the sysfs form ``0000:18:00.0`` of an nvidia-smi or sysfs bus id.
+
+    nvidia-smi prints an 8-hex-digit domain (``00000000:18:00.0``); sysfs and QEMU use 4.
+    """
+    match = _PCI_RE.match(bus_id.strip())
+    if not match:
+        raise InventoryError(f"not a PCI bus id: {bus_id!r} (expected like 0000:18:00.0)")
+    domain = int(match["domain"], 16)
+    return f"{domain:04x}:{match['bus'].lower()}:{match['dev'].lower()}.{match['fn']}"
+
+
+@dataclass(frozen=True)
+class GpuRecord:
+    """One GPU as the host sees it. ``minor`` is the N of ``/dev/nvidiaN``."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    memory_total_mib: int | None
+    driver_version: str
+    minor: int
+    native_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False, compare=False)
+
+    def ids(self, scheme: str) -> tuple[str, ...]:
+        return tuple(self.native_ids.get(scheme, ()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "uuid": self.uuid,
+            "name": self.name,
+            "pci_bus_id": self.pci_bus_id,
+            "memory_total_mib": self.memory_total_mib,
+            "driver_version": self.driver_version,
+            "minor": self.minor,
+            "native_ids": {k: list(v) for k, v in self.native_ids.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GpuRecord:
+        try:
+            return cls(
+                index=int(data["index"]),
+                uuid=str(data["uuid"]),
+                name=str(data["name"]),
+                pci_bus_id=normalise_pci_bus_id(str(data["pci_bus_id"])),
+                memory_total_mib=None if data.get("memory_total_mib") is None else int(data["memory_total_mib"]),
+                driver_version=str(data["driver_version"]),
+                minor=int(data.get("minor", data["index"])),
+                native_ids={k: tuple(v) for k, v in dict(data.get("native_ids", {})).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InventoryError(f"bad GPU record {dict(data)!r}: {exc}") from None
+
+
+def default_native_ids(index: int, uuid: str, pci_bus_id: str, cdi_kind: str) -> dict[str, tuple[str, ...]]:
+    """The id forms each driver family uses to select this GPU (SPEC section 3)."""
+    return {
+        SCHEME_CDI: (f"{cdi_kind}={index}", f"{cdi_kind}={uuid}"),
+        SCHEME_LEGACY: (str(index), uuid),
+        SCHEME_PCI: (pci_bus_id, str(index)),
+        SCHEME_HOST: (str(index), uuid),
+    }
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """All GPUs of one host. ``simulated`` results never count as hardware evidence."""
+
+    host: str
+    gpus: tuple[GpuRecord, ...]
+    simulated: bool
+    source: str
+    cdi_kind: str = REAL_CDI_KIND
+
+    def __post_init__(self) -> None:
+        uuids = [g.uuid for g in self.gpus]
+        if len(set(uuids)) != len(uuids):
+            raise InventoryError(f"inventory has duplicate UUIDs: {uuids}")
+
+    @property
+    def uuids(self) -> frozenset[str]:
+        return frozenset(g.uuid for g in self.gpus)
+
+    @property
+    def cdi_all(self) -> str:
+        return f"{self.cdi_kind}=all"
+
+    def by_uuid(self, uuid: str) -> GpuRecord | None:
+        return next((g for g in self.gpus if g.uuid == uuid), None)
+
+    def resolve(self, scheme: str, native_id: str) -> GpuRecord | None:
+        """The GPU a native id selects, or None when the id names no GPU of this host."""
+        return next((g for g in self.gpus if native_id in g.ids(scheme)), None)
+
+    def identity(self) -> dict[str, Any]:
+        """What evidence records say about the host."""
+        return {
+            "host": self.host,
+            "simulated": self.simulated,
+            "source": self.source,
+            "gpu_count": len(self.gpus),
+            "gpu_names": sorted({g.name for g in self.gpus}),
+            "driver_versions": sorted({g.driver_version for g in self.gpus}),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "simulated": self.simulated,
+            "source": self.source,
+            "cdi_kind": self.cdi_kind,
+            "gpus": [g.to_json() for g in self.gpus],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Inventory:
+        try:
+            gpus = tuple(GpuRecord.from_json(g) for g in data["gpus"])
+            return cls(
+                host=str(data["host"]),
+                gpus=gpus,
+                simulated=bool(data["simulated"]),
+                source=str(data["source"]),
+                cdi_kind=str(data.get("cdi_kind", REAL_CDI_KIND)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InventoryError(f"bad inventory document: missing or wrong field {exc}") from None
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> Inventory:
+        try:
+            return cls.from_json(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise InventoryError(f"inventory is not valid JSON: {exc.msg}") from None
+
+
+def records_from_query(rows: Iterable[Mapping[str, Any]], cdi_kind: str = REAL_CDI_KIND) -> tuple[GpuRecord, ...]:
+    """Build records from parsed ``nvidia-smi --query-gpu`` rows (see workloads.nvidia_smi)."""
+    records = []
+    for row in rows:
+        index = int(row["index"])
+        pci = normalise_pci_bus_id(str(row["pci.bus_id"]))
+        mem = row.get("memory.total")
+        records.append(
+            GpuRecord(
+                index=index,
+                uuid=str(row["uuid"]),
+                name=str(row["name"]),
+                pci_bus_id=pci,
+                memory_total_mib=mem if isinstance(mem, int) else None,
+                driver_version=str(row["driver_version"]),
+                minor=int(row["minor_number"]) if isinstance(row.get("minor_number"), int) else index,
+                native_ids=default_native_ids(index, str(row["uuid"]), pci, cdi_kind),
+            )
+        )
+    return tuple(records)

@@ -1,0 +1,1 @@
+"""Evidence records, the matrix, its diff and gate, and renderers."""

@@ -1,0 +1,1 @@
+"""What runs inside sandboxes, and the parsers of what comes back."""
