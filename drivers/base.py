@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from drivers.inventory import GpuRecord, Inventory
+from drivers.inventory import SCHEME_CDI, SCHEME_PCI, GpuRecord, Inventory
 from drivers.request import GpuRequest
 
 if TYPE_CHECKING:
@@ -240,6 +240,19 @@ class Adapter(abc.ABC):
 
         A start that fails half-way undoes what it did before raising.
         """
+
+    def unknown_id(self) -> str:
+        """A well-formed native id that names no GPU of this host (for ``device.invalid``)."""
+        beyond = len(self.ctx.inventory.gpus) + 7
+        if self.id_scheme == SCHEME_CDI:
+            return f"{self.ctx.inventory.cdi_kind}={beyond}"
+        if self.id_scheme == SCHEME_PCI:
+            return "0000:ff:1f.7"
+        return str(beyond)
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        """Resources carrying all of ``labels`` that still exist (``count.over`` checks none are)."""
+        return []
 
     def gc(self, run_id: str | None = None) -> list[str]:
         """Remove resources labelled by the harness (one run's, or all); return what went."""

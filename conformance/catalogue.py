@@ -1,0 +1,76 @@
+"""The case catalogue of SPEC section 4: stable ids (the rows of the matrix) and their order.
+
+Suites mark their test functions with ``@case("smi.default")``; the plugin turns each into one
+pytest item per driver, named ``<driver>-<case>`` (e.g. ``docker-count.2``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+Image = Literal["busybox", "busybox-envall", "python"]
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    id: str
+    summary: str
+    image: Image = "busybox"
+    # Which request's sandbox the case shares with its neighbours (None: it makes its own).
+    shares: str | None = None
+    # What a profile that does not name the case expects of it.
+    default_expectation: Literal["supported", "reject", "unsupported"] = "supported"
+
+
+CATALOGUE: tuple[CaseInfo, ...] = (
+    CaseInfo("smi.default", "default request: exactly one inventory GPU, host's name/memory/driver",
+             shares="default"),
+    CaseInfo("smi.none", "no request: no device node and no GPU listed", shares="none"),
+    CaseInfo("smi.all", "the driver's all-GPUs form: exactly the whole inventory", shares="all"),
+    CaseInfo("smi.nodes", "/dev/nvidiaN nodes match the granted GPUs exactly", shares="default"),
+    CaseInfo("count.1", "count 1: exactly one inventory GPU", shares="count.1"),
+    CaseInfo("count.2", "count 2: exactly two distinct inventory GPUs", shares="count.2"),
+    CaseInfo("count.max", "count = inventory size: every GPU", shares="count.max"),
+    CaseInfo("count.over", "count = inventory + 1: rejected, nothing left behind"),
+    CaseInfo("count.zero", "count 0: rejected by validation"),
+    CaseInfo("device.each", "each GPU by native id: sees exactly that UUID"),
+    CaseInfo("device.uuid", "UUID-form id selects the same GPU as the index form"),
+    CaseInfo("device.pair", "two ids with count 2: exactly those two"),
+    CaseInfo("device.duplicate", "duplicate ids: rejected by validation"),
+    CaseInfo("device.mismatch", "two ids with count 1: rejected by validation"),
+    CaseInfo("device.empty", "an empty id: rejected by validation"),
+    CaseInfo("device.invalid", "an unknown id: rejected, and the error names it"),
+    CaseInfo("device.unsupported", "a driver without native ids rejects any id",
+             default_expectation="unsupported"),
+    CaseInfo("exclusive.concurrent", "two default sandboxes at once see disjoint GPUs"),
+    CaseInfo("env.escalation", "an image setting NVIDIA_VISIBLE_DEVICES=all sees only its grant",
+             image="busybox-envall"),
+    CaseInfo("release", "after teardown the GPU is selectable again"),
+    CaseInfo("cuda.init", "CUDA initialises; device count equals the grant", image="python",
+             shares="default"),
+    CaseInfo("cuda.uuid", "CUDA's UUIDs equal the granted UUIDs", image="python", shares="default"),
+    CaseInfo("cuda.vectoradd", "a vector-add kernel is exact on every granted device", image="python",
+             shares="default"),
+    CaseInfo("cuda.matmul", "a matrix product matches numpy within tolerance", image="python",
+             shares="default"),
+    CaseInfo("cuda.bandwidth", "copy bandwidth as a ratio to the bare host", image="python",
+             shares="default"),
+)
+BY_ID = {c.id: c for c in CATALOGUE}
+ORDER = {c.id: i for i, c in enumerate(CATALOGUE)}
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def case(case_id: str) -> Callable[[F], F]:
+    """Mark a suite function as the implementation of catalogue case ``case_id``."""
+    if case_id not in BY_ID:
+        raise ValueError(f"unknown case id {case_id!r}; add it to conformance/catalogue.py first")
+
+    def mark(fn: F) -> F:
+        fn._gpuconform_case = BY_ID[case_id]  # type: ignore[attr-defined]
+        return fn
+
+    return mark

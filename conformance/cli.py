@@ -1,0 +1,271 @@
+"""The ``gpuconform`` command line: run the matrix, manage the simulated host, read the results.
+
+``gpuconform run`` is a thin front end over ``pytest conformance`` with the plugin's options, so
+everything it does can also be done with plain pytest. Errors are one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  gpuconform run --out results/                 every driver available here; simulated host without a GPU
+  gpuconform run --drivers podman -k count      one driver, one case family
+  gpuconform run --sim h100x4 --sim-fault wrong-gpu:1 --drivers podman
+                                                prove the harness catches a CDI spec that injects the wrong GPU
+  gpuconform matrix results/results.json --format md
+  gpuconform gate baseline/matrix.json results/results.json --waivers waivers.yaml
+  gpuconform sim up --profile a100x8 --name dev  &&  gpuconform sim status
+  gpuconform gc                                 remove what killed runs left behind
+
+verdicts: pass, rejected (refused as the profile requires; counts as a pass), fail, unsupported,
+skip (precondition missing), error (harness or infrastructure broke), inconclusive (unparseable).
+"""
+
+
+def _conformance_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def _plugin_args() -> list[str]:
+    installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "fixtures.plugin"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    out = Path(args.out)
+    argv = [str(_conformance_dir()), *_plugin_args(), "-p", "no:cacheprovider", "-v", "--tb=no",
+            "-o", "console_output_style=count", "--rootdir", str(_conformance_dir().parent),
+            "--out", str(out), f"--junitxml={out / 'junit.xml'}", "--sim", args.sim]
+    for name, values in (("--drivers", args.drivers), ("--require-driver", args.require_driver),
+                         ("--sim-fault", args.sim_fault), ("--image", args.image),
+                         ("--driver-opt", args.driver_opt)):
+        for value in values or []:
+            argv += [name, value]
+    if args.sim_instance:
+        argv += ["--sim-instance", args.sim_instance]
+    if args.probe_image:
+        argv += ["--probe-image", args.probe_image]
+    if args.k:
+        argv += ["-k", args.k]
+    if args.numprocesses:
+        argv += ["-n", args.numprocesses]
+    if args.allure:
+        argv += [f"--alluredir={args.allure}"]
+    argv += list(args.pytest_args or [])
+    return int(pytest.main(argv))
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from fixtures.simgpu.host import SimHost
+
+    if args.action == "up":
+        sim = SimHost.up(args.profile, faults=args.fault or (), instance=args.name, cdi_dir=Path(args.cdi_dir))
+        print(f"simulated host {sim.instance} up: {len(sim.inventory.gpus)} x {sim.inventory.gpus[0].name}")
+        print(f"  CDI kind {sim.cdi_kind}, spec {sim.cdi_spec_path}")
+        for gpu in sim.inventory.gpus:
+            print(f"  GPU {gpu.index}: {gpu.uuid}  {gpu.pci_bus_id}  ids: {', '.join(gpu.ids('cdi'))}")
+        return 0
+    if args.action == "down":
+        found = SimHost.find(args.name)
+        if found is None:
+            print(f"no simulated host named {args.name} is up")
+            return 0
+        found.down()
+        print(f"simulated host {args.name} removed")
+        return 0
+    if args.action == "status":
+        rows = SimHost.status()
+        if not rows:
+            print("no simulated host is up")
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        return 0
+    for line in SimHost.gc(cdi_dir=Path(args.cdi_dir)):
+        print(line)
+    return 0
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from reports.matrix import load_run
+
+    return load_run(Path(path))
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from reports.render import render
+
+    matrix, records = _load(args.results)
+    text = render(matrix, records, args.format, color=sys.stdout.isatty() and args.format == "terminal")
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import json
+
+    from reports.matrix import merge
+
+    fleet = merge([_load(path)[0] for path in args.inputs])
+    Path(args.output).write_text(json.dumps(fleet.to_json(), indent=2, sort_keys=True))
+    print(f"wrote fleet matrix of {len(fleet.hosts)} host(s) to {args.output}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from reports.diff import diff
+
+    print(diff(_load(args.baseline)[0], _load(args.current)[0]).summary())
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from reports.diff import diff, gate, load_waivers
+
+    waivers = load_waivers(Path(args.waivers)) if args.waivers else []
+    result = gate(diff(_load(args.baseline)[0], _load(args.current)[0]), waivers, dt.date.today())
+    print(result.summary())
+    return 0 if result.passed else 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from fixtures.reaper import reap_dead_runs
+
+    done = reap_dead_runs()
+    for line in done:
+        print(line)
+    if not done:
+        print("nothing to remove")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from fixtures.images import build_all
+
+    for name, ref in build_all(args.engine.split(","), args.kinds.split(",") if args.kinds else None).items():
+        print(f"{name}: {ref}")
+    if args.guest:
+        from fixtures.guestimage import build_guest_image
+
+        image = build_guest_image()
+        print(f"qemu guest: kernel {image.kernel}, initrd {image.initrd}")
+    return 0
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    from drivers.registry import known_drivers
+
+    for name in known_drivers():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuconform", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Conformance harness for GPU-enabled sandbox drivers (docker, podman, kubernetes, qemu).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the conformance matrix", formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="Anything after -- goes to pytest unchanged.")
+    run.add_argument("--out", default="results", help="results directory (default: results)")
+    run.add_argument("--drivers", action="append", help="comma-separated drivers (default: all known)")
+    run.add_argument("--require-driver", action="append", help="a missing driver is an error, not a skip")
+    run.add_argument("--sim", default="auto", help="simulated host profile, 'auto' (default) or 'none'")
+    run.add_argument("--sim-instance", help="use a simulated host started with 'gpuconform sim up'")
+    run.add_argument("--sim-fault", action="append", help="fault to inject, e.g. wrong-gpu:1 (repeatable)")
+    run.add_argument("--image", action="append", help="KIND=REF: your own image for busybox/python")
+    run.add_argument("--probe-image", help="image with python3, numpy and cupy for the compute cases")
+    run.add_argument("--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker.gpu_path=cdi")
+    run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
+    run.add_argument("-n", "--numprocesses", help="pytest-xdist workers (e.g. auto)")
+    run.add_argument("--allure", metavar="DIR", help="also write Allure results (needs allure-pytest)")
+    run.add_argument("pytest_args", nargs="*", help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("sim", help="start, stop or inspect a simulated GPU host")
+    sim.add_argument("action", choices=["up", "down", "status", "gc"])
+    sim.add_argument("--profile", default="h100x4", help="h100x4, a100x8, h100x2, single")
+    sim.add_argument("--name", default="gpu", help="instance name; its CDI kind is sim.gpuconform.dev/NAME")
+    sim.add_argument("--fault", action="append", help="fault to inject (repeatable)")
+    sim.add_argument("--cdi-dir", default="/var/run/cdi", help="where the CDI spec goes")
+    sim.set_defaults(func=cmd_sim)
+
+    matrix = sub.add_parser("matrix", help="render results.json or matrix.json")
+    matrix.add_argument("results")
+    matrix.add_argument("--format", default="terminal", choices=["terminal", "md", "html", "json"])
+    matrix.add_argument("-o", "--output", help="write to this file instead of stdout")
+    matrix.set_defaults(func=cmd_matrix)
+
+    merge = sub.add_parser("merge", help="merge matrices of several hosts into a fleet matrix")
+    merge.add_argument("inputs", nargs="+")
+    merge.add_argument("-o", "--output", required=True)
+    merge.set_defaults(func=cmd_merge)
+
+    for name, helptext in (("diff", "list regressions, improvements and profile changes"),
+                           ("gate", "exit 1 on any regression not covered by a waiver")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("baseline")
+        p.add_argument("current")
+        if name == "gate":
+            p.add_argument("--waivers", help="YAML/JSON list of {driver, case, reason, expires}")
+        p.set_defaults(func=cmd_diff if name == "diff" else cmd_gate)
+
+    gc = sub.add_parser("gc", help="remove containers, pods, VMs, bindings and simulated hosts of dead runs")
+    gc.set_defaults(func=cmd_gc)
+
+    images = sub.add_parser("images", help="build the sandbox images locally")
+    images.add_argument("action", choices=["build"])
+    images.add_argument("--engine", default="podman", help="comma-separated engines to import into")
+    images.add_argument("--kinds", help="comma-separated kinds (default: all)")
+    images.add_argument("--guest", action="store_true", help="also build the QEMU guest kernel+initramfs")
+    images.set_defaults(func=cmd_images)
+
+    drivers = sub.add_parser("drivers", help="list the drivers this installation knows")
+    drivers.set_defaults(func=cmd_drivers)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from drivers.base import HarnessError
+
+    errors: list[type[BaseException]] = [HarnessError, ValueError, OSError]
+    try:
+        from fixtures.simgpu.host import SimHostError
+
+        errors.append(SimHostError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _expected_errors() as exc:
+        print(f"gpuconform: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpuconform: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

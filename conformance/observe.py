@@ -1,0 +1,100 @@
+"""What a sandbox sees, read through nvidia-smi and /dev, and the shared checks on it.
+
+Every comparison is by UUID: indices are renumbered inside sandboxes (SPEC section 2). Each
+helper records the commands it ran in the cell's evidence and ends the case with ``fail`` when
+the stack misbehaves, so suites stay short.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from drivers.base import ExecResult, Sandbox
+from drivers.request import GpuRequest
+from fixtures.cell import Cell
+from workloads.nvidia_smi import QUERY_FIELDS, ListedGpu, nvml_error_name, parse_list, parse_query, query_argv
+
+NODE_RE = re.compile(r"^nvidia(\d+)$")
+ABSENT_MARKERS = ("executable file not found", "not found in $path", "no such file or directory")
+
+
+def shape_request(cell: Cell, shape: str) -> GpuRequest:
+    """The request behind a shared sandbox shape, in this driver's own terms."""
+    if shape == "none":
+        return GpuRequest.none()
+    if shape == "default":
+        return GpuRequest.default()
+    if shape == "count.max":
+        return GpuRequest.of_count(len(cell.inventory.gpus))
+    if shape.startswith("count."):
+        return GpuRequest.of_count(int(shape.split(".", 1)[1]))
+    if shape == "all":
+        all_ids = cell.adapter.all_ids()
+        if all_ids:
+            return GpuRequest.of_ids(all_ids)
+        return GpuRequest.of_count(len(cell.inventory.gpus))
+    raise ValueError(f"unknown sandbox shape {shape!r}")
+
+
+def is_absent(result: ExecResult) -> bool:
+    """Whether the command was not there at all (exit 127/126 or the runtime's not-found text)."""
+    text = (result.stderr + result.stdout).lower()
+    return result.exit_code in (126, 127) or any(marker in text for marker in ABSENT_MARKERS)
+
+
+def _smi_failure(cell: Cell, result: ExecResult, what: str) -> None:
+    if is_absent(result):
+        cell.fail(f"{what}: nvidia-smi is not present in the sandbox", seen=result.stderr.strip()[:300])
+    code = result.exit_code if result.exit_code is not None else -1
+    cell.fail(f"{what}: nvidia-smi exited {code} ({nvml_error_name(code)}): "
+              f"{(result.stderr or result.stdout).strip()[:300]}")
+
+
+def list_gpus(cell: Cell, sandbox: Sandbox) -> tuple[ListedGpu, ...]:
+    result = cell.run(sandbox, ["nvidia-smi", "-L"])
+    if result.exit_code != 0:
+        _smi_failure(cell, result, "nvidia-smi -L")
+    listed = parse_list(result.stdout)
+    cell.parsed["listed"] = [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in listed]
+    return listed
+
+
+def query_gpus(cell: Cell, sandbox: Sandbox) -> list[dict[str, object]]:
+    result = cell.run(sandbox, query_argv(QUERY_FIELDS))
+    if result.exit_code != 0:
+        _smi_failure(cell, result, "nvidia-smi --query-gpu")
+    rows = parse_query(result.stdout, fields=QUERY_FIELDS)
+    cell.parsed["query"] = [{k: str(v) for k, v in row.items()} for row in rows]
+    return rows
+
+
+def device_nodes(cell: Cell, sandbox: Sandbox) -> set[int]:
+    """The N of every /dev/nvidiaN inside (nvidiactl, nvidia-uvm and friends are not GPUs)."""
+    result = cell.run(sandbox, ["ls", "-1", "/dev"])
+    if result.exit_code != 0:
+        cell.error(f"could not list /dev in {sandbox.id}: {result.stderr.strip()[:200]}")
+    nodes = {int(m.group(1)) for line in result.stdout.split() if (m := NODE_RE.match(line.strip()))}
+    cell.parsed["device_nodes"] = sorted(nodes)
+    return nodes
+
+
+def expect_exactly(cell: Cell, sandbox: Sandbox, count: int, granted: Collection[str] | None) -> tuple[str, ...]:
+    """Check the sandbox lists exactly ``count`` distinct inventory GPUs (== ``granted`` when known)."""
+    listed = list_gpus(cell, sandbox)
+    uuids = tuple(g.uuid for g in listed)
+    cell.seen = tuple(sorted(uuids))
+    if len(set(uuids)) != len(uuids):
+        cell.fail(f"nvidia-smi lists a GPU twice: {list(uuids)}", seen=uuids)
+    unknown = set(uuids) - cell.inventory.uuids
+    if unknown:
+        cell.fail(f"sandbox sees GPU(s) not in the host inventory: {', '.join(sorted(unknown))}",
+                  expected=sorted(granted) if granted is not None else f"{count} inventory GPUs", seen=uuids)
+    if granted is not None and set(uuids) != set(granted):
+        extra, missing = set(uuids) - set(granted), set(granted) - set(uuids)
+        parts = ([f"extra {', '.join(sorted(extra))}"] if extra else []) + (
+            [f"missing {', '.join(sorted(missing))}"] if missing else [])
+        cell.fail(f"sandbox sees the wrong GPUs: {'; '.join(parts)}", expected=sorted(granted), seen=uuids)
+    if len(uuids) != count:
+        cell.fail(f"sandbox sees {len(uuids)} GPU(s), expected {count}", expected=count, seen=uuids)
+    return uuids

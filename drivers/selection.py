@@ -1,0 +1,57 @@
+"""Choosing GPUs for a request on drivers without an allocator (docker, podman, qemu, host).
+
+Default and count requests lease free GPUs (lowest index first) and turn them into native ids;
+explicit ids are passed through untouched so the engine itself judges them, and leased when
+the inventory knows them so concurrent sandboxes stay disjoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drivers.base import AdapterContext, Deadline, RequestRejected
+from drivers.inventory import GpuRecord
+from drivers.leases import Lease
+from drivers.request import GpuRequest
+
+
+@dataclass
+class Selection:
+    """What a provision asks the engine for, what it should yield, and the lease behind it."""
+
+    ids: tuple[str, ...]  # native ids handed to the engine
+    granted: frozenset[str]  # UUIDs the request should yield per the inventory
+    lease: Lease
+
+    def release(self) -> None:
+        self.lease.release()
+
+
+def select_gpus(
+    ctx: AdapterContext, req: GpuRequest, scheme: str, deadline: Deadline, *, all_id: str | None = None
+) -> Selection:
+    """Resolve ``req`` into native ids and a lease; RequestRejected for a count beyond the host."""
+    inventory = ctx.inventory
+    if not req.gpu:
+        return Selection((), frozenset(), Lease(()))
+    if req.device_ids:
+        wanted: list[GpuRecord] = []
+        for device_id in req.device_ids:
+            if all_id is not None and device_id == all_id:
+                wanted.extend(inventory.gpus)
+                continue
+            gpu = inventory.resolve(scheme, device_id)
+            if gpu is not None:
+                wanted.append(gpu)
+        unique = tuple({g.uuid: g for g in wanted}.values())
+        lease = ctx.leases.acquire_exact(unique, deadline)
+        return Selection(tuple(req.device_ids), lease.uuids, lease)
+    lease = ctx.leases.acquire(inventory.gpus, req.wanted, deadline)
+    ids = []
+    for gpu in lease.gpus:
+        native = gpu.ids(scheme)
+        if not native:
+            lease.release()
+            raise RequestRejected(f"GPU {gpu.uuid} has no {scheme} id in the inventory")
+        ids.append(native[0])
+    return Selection(tuple(ids), lease.uuids, lease)
