@@ -25,8 +25,11 @@ class CaseInfo:
 
 
 CATALOGUE: tuple[CaseInfo, ...] = (
-    CaseInfo("smi.default", "default request: exactly one inventory GPU, host's name/memory/driver",
-             shares="default"),
+    CaseInfo(
+        "smi.default",
+        "default request: exactly one inventory GPU, host's name/memory/driver",
+        shares="default",
+    ),
     CaseInfo("smi.none", "no request: no device node and no GPU listed", shares="none"),
     CaseInfo("smi.all", "the driver's all-GPUs form: exactly the whole inventory", shares="all"),
     CaseInfo("smi.nodes", "/dev/nvidiaN nodes match the granted GPUs exactly", shares="default"),
@@ -42,21 +45,32 @@ CATALOGUE: tuple[CaseInfo, ...] = (
     CaseInfo("device.mismatch", "two ids with count 1: rejected by validation"),
     CaseInfo("device.empty", "an empty id: rejected by validation"),
     CaseInfo("device.invalid", "an unknown id: rejected, and the error names it"),
-    CaseInfo("device.unsupported", "a driver without native ids rejects any id",
-             default_expectation="unsupported"),
+    CaseInfo(
+        "device.unsupported", "a driver without native ids rejects any id", default_expectation="unsupported"
+    ),
     CaseInfo("exclusive.concurrent", "two default sandboxes at once see disjoint GPUs"),
-    CaseInfo("env.escalation", "an image setting NVIDIA_VISIBLE_DEVICES=all sees only its grant",
-             image="busybox-envall"),
+    CaseInfo(
+        "env.escalation",
+        "an image setting NVIDIA_VISIBLE_DEVICES=all sees only its grant",
+        image="busybox-envall",
+    ),
     CaseInfo("release", "after teardown the GPU is selectable again"),
-    CaseInfo("cuda.init", "CUDA initialises; device count equals the grant", image="python",
-             shares="default"),
+    CaseInfo(
+        "cuda.init", "CUDA initialises; device count equals the grant", image="python", shares="default"
+    ),
     CaseInfo("cuda.uuid", "CUDA's UUIDs equal the granted UUIDs", image="python", shares="default"),
-    CaseInfo("cuda.vectoradd", "a vector-add kernel is exact on every granted device", image="python",
-             shares="default"),
-    CaseInfo("cuda.matmul", "a matrix product matches numpy within tolerance", image="python",
-             shares="default"),
-    CaseInfo("cuda.bandwidth", "copy bandwidth as a ratio to the bare host", image="python",
-             shares="default"),
+    CaseInfo(
+        "cuda.vectoradd",
+        "a vector-add kernel is exact on every granted device",
+        image="python",
+        shares="default",
+    ),
+    CaseInfo(
+        "cuda.matmul", "a matrix product matches numpy within tolerance", image="python", shares="default"
+    ),
+    CaseInfo(
+        "cuda.bandwidth", "copy bandwidth as a ratio to the bare host", image="python", shares="default"
+    ),
 )
 BY_ID = {c.id: c for c in CATALOGUE}
 ORDER = {c.id: i for i, c in enumerate(CATALOGUE)}

@@ -17,7 +17,7 @@ examples:
   gpuconform run --out results/                 every driver available here; simulated host without a GPU
   gpuconform run --drivers podman -k count      one driver, one case family
   gpuconform run --sim h100x4 --sim-fault wrong-gpu:1 --drivers podman
-                                                prove the harness catches a CDI spec that injects the wrong GPU
+                                                prove a CDI spec injecting the wrong GPU is caught
   gpuconform matrix results/results.json --format md
   gpuconform gate baseline/matrix.json results/results.json --waivers waivers.yaml
   gpuconform sim up --profile a100x8 --name dev  &&  gpuconform sim status
@@ -41,12 +41,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
     out = Path(args.out)
-    argv = [str(_conformance_dir()), *_plugin_args(), "-p", "no:cacheprovider", "-v", "--tb=no",
-            "-o", "console_output_style=count", "--rootdir", str(_conformance_dir().parent),
-            "--out", str(out), f"--junitxml={out / 'junit.xml'}", "--sim", args.sim]
-    for name, values in (("--drivers", args.drivers), ("--require-driver", args.require_driver),
-                         ("--sim-fault", args.sim_fault), ("--image", args.image),
-                         ("--driver-opt", args.driver_opt)):
+    argv = [
+        str(_conformance_dir()),
+        *_plugin_args(),
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "--tb=no",
+        "-o",
+        "console_output_style=count",
+        "--rootdir",
+        str(_conformance_dir().parent),
+        "--out",
+        str(out),
+        f"--junitxml={out / 'junit.xml'}",
+        "--sim",
+        args.sim,
+    ]
+    for name, values in (
+        ("--drivers", args.drivers),
+        ("--require-driver", args.require_driver),
+        ("--sim-fault", args.sim_fault),
+        ("--image", args.image),
+        ("--driver-opt", args.driver_opt),
+    ):
         for value in values or []:
             argv += [name, value]
     if args.sim_instance:
@@ -67,7 +85,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from fixtures.simgpu.host import SimHost
 
     if args.action == "up":
-        sim = SimHost.up(args.profile, faults=args.fault or (), instance=args.name, cdi_dir=Path(args.cdi_dir))
+        sim = SimHost.up(
+            args.profile, faults=args.fault or (), instance=args.name, cdi_dir=Path(args.cdi_dir)
+        )
         print(f"simulated host {sim.instance} up: {len(sim.inventory.gpus)} x {sim.inventory.gpus[0].name}")
         print(f"  CDI kind {sim.cdi_kind}, spec {sim.cdi_spec_path}")
         for gpu in sim.inventory.gpus:
@@ -160,7 +180,9 @@ def cmd_images(args: argparse.Namespace) -> int:
     if args.guest:
         from fixtures.guestimage import build_guest_image
 
-        image = build_guest_image()
+        from drivers.base import Deadline
+
+        image = build_guest_image(deadline=Deadline(900))
         print(f"qemu guest: kernel {image.kernel}, initrd {image.initrd}")
     return 0
 
@@ -175,13 +197,19 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gpuconform", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        prog="gpuconform",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
         description="Conformance harness for GPU-enabled sandbox drivers (docker, podman, kubernetes, qemu).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the conformance matrix", formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="Anything after -- goes to pytest unchanged.")
+    run = sub.add_parser(
+        "run",
+        help="run the conformance matrix",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Anything after -- goes to pytest unchanged.",
+    )
     run.add_argument("--out", default="results", help="results directory (default: results)")
     run.add_argument("--drivers", action="append", help="comma-separated drivers (default: all known)")
     run.add_argument("--require-driver", action="append", help="a missing driver is an error, not a skip")
@@ -190,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sim-fault", action="append", help="fault to inject, e.g. wrong-gpu:1 (repeatable)")
     run.add_argument("--image", action="append", help="KIND=REF: your own image for busybox/python")
     run.add_argument("--probe-image", help="image with python3, numpy and cupy for the compute cases")
-    run.add_argument("--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker.gpu_path=cdi")
+    run.add_argument(
+        "--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker.gpu_path=cdi"
+    )
     run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
     run.add_argument("-n", "--numprocesses", help="pytest-xdist workers (e.g. auto)")
     run.add_argument("--allure", metavar="DIR", help="also write Allure results (needs allure-pytest)")
@@ -216,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("-o", "--output", required=True)
     merge.set_defaults(func=cmd_merge)
 
-    for name, helptext in (("diff", "list regressions, improvements and profile changes"),
-                           ("gate", "exit 1 on any regression not covered by a waiver")):
+    for name, helptext in (
+        ("diff", "list regressions, improvements and profile changes"),
+        ("gate", "exit 1 on any regression not covered by a waiver"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("baseline")
         p.add_argument("current")

@@ -13,7 +13,15 @@ from collections.abc import Collection
 from drivers.base import ExecResult, Sandbox
 from drivers.request import GpuRequest
 from fixtures.cell import Cell
-from workloads.nvidia_smi import QUERY_FIELDS, ListedGpu, nvml_error_name, parse_list, parse_query, query_argv
+from workloads.nvidia_smi import (
+    QUERY_FIELDS,
+    ListedGpu,
+    Value,
+    nvml_error_name,
+    parse_list,
+    parse_query,
+    query_argv,
+)
 
 NODE_RE = re.compile(r"^nvidia(\d+)$")
 ABSENT_MARKERS = ("executable file not found", "not found in $path", "no such file or directory")
@@ -47,8 +55,10 @@ def _smi_failure(cell: Cell, result: ExecResult, what: str) -> None:
     if is_absent(result):
         cell.fail(f"{what}: nvidia-smi is not present in the sandbox", seen=result.stderr.strip()[:300])
     code = result.exit_code if result.exit_code is not None else -1
-    cell.fail(f"{what}: nvidia-smi exited {code} ({nvml_error_name(code)}): "
-              f"{(result.stderr or result.stdout).strip()[:300]}")
+    cell.fail(
+        f"{what}: nvidia-smi exited {code} ({nvml_error_name(code)}): "
+        f"{(result.stderr or result.stdout).strip()[:300]}"
+    )
 
 
 def list_gpus(cell: Cell, sandbox: Sandbox) -> tuple[ListedGpu, ...]:
@@ -60,7 +70,7 @@ def list_gpus(cell: Cell, sandbox: Sandbox) -> tuple[ListedGpu, ...]:
     return listed
 
 
-def query_gpus(cell: Cell, sandbox: Sandbox) -> list[dict[str, object]]:
+def query_gpus(cell: Cell, sandbox: Sandbox) -> list[dict[str, Value]]:
     result = cell.run(sandbox, query_argv(QUERY_FIELDS))
     if result.exit_code != 0:
         _smi_failure(cell, result, "nvidia-smi --query-gpu")
@@ -79,7 +89,9 @@ def device_nodes(cell: Cell, sandbox: Sandbox) -> set[int]:
     return nodes
 
 
-def expect_exactly(cell: Cell, sandbox: Sandbox, count: int, granted: Collection[str] | None) -> tuple[str, ...]:
+def expect_exactly(
+    cell: Cell, sandbox: Sandbox, count: int, granted: Collection[str] | None
+) -> tuple[str, ...]:
     """Check the sandbox lists exactly ``count`` distinct inventory GPUs (== ``granted`` when known)."""
     listed = list_gpus(cell, sandbox)
     uuids = tuple(g.uuid for g in listed)
@@ -88,12 +100,16 @@ def expect_exactly(cell: Cell, sandbox: Sandbox, count: int, granted: Collection
         cell.fail(f"nvidia-smi lists a GPU twice: {list(uuids)}", seen=uuids)
     unknown = set(uuids) - cell.inventory.uuids
     if unknown:
-        cell.fail(f"sandbox sees GPU(s) not in the host inventory: {', '.join(sorted(unknown))}",
-                  expected=sorted(granted) if granted is not None else f"{count} inventory GPUs", seen=uuids)
+        cell.fail(
+            f"sandbox sees GPU(s) not in the host inventory: {', '.join(sorted(unknown))}",
+            expected=sorted(granted) if granted is not None else f"{count} inventory GPUs",
+            seen=uuids,
+        )
     if granted is not None and set(uuids) != set(granted):
         extra, missing = set(uuids) - set(granted), set(granted) - set(uuids)
         parts = ([f"extra {', '.join(sorted(extra))}"] if extra else []) + (
-            [f"missing {', '.join(sorted(missing))}"] if missing else [])
+            [f"missing {', '.join(sorted(missing))}"] if missing else []
+        )
         cell.fail(f"sandbox sees the wrong GPUs: {'; '.join(parts)}", expected=sorted(granted), seen=uuids)
     if len(uuids) != count:
         cell.fail(f"sandbox sees {len(uuids)} GPU(s), expected {count}", expected=count, seen=uuids)

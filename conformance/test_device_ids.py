@@ -26,8 +26,13 @@ def _sees_only(cell: Cell, req: GpuRequest, expected: list[GpuRecord]) -> None:
     cell.seen = tuple(sorted(set(cell.seen or ()) | set(seen)))
     if sorted(seen) != want:
         names = ", ".join(f"GPU {g.index}" for g in expected)
-        cell.fail(f"ids {list(req.device_ids)} ({names}) should show {want}, the sandbox sees {list(seen)}",
-                  expected=want, seen=list(seen))
+        strangers = sorted(set(seen) - cell.inventory.uuids)
+        note = f" ({', '.join(strangers)} not in the host inventory)" if strangers else ""
+        cell.fail(
+            f"ids {list(req.device_ids)} ({names}) should show {want}, the sandbox sees {list(seen)}{note}",
+            expected=want,
+            seen=list(seen),
+        )
 
 
 @case("device.each")

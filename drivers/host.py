@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from drivers.base import (
+    Expectation,
     Adapter,
     AdapterContext,
     Availability,
@@ -32,7 +33,7 @@ from drivers.selection import Selection, select_gpus
 from drivers.subproc import run_command
 from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
 
-NOT_ISOLATED = "unsupported"
+NOT_ISOLATED: Expectation = "unsupported"
 
 
 class HostSandbox(Sandbox):
@@ -60,13 +61,16 @@ class HostSandbox(Sandbox):
     def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
         mapped = [self._map(a) for a in argv]
         result = run_command(mapped, timeout=timeout, env=self._env)
-        return ExecResult(tuple(argv), result.exit_code, result.stdout, result.stderr,
-                          result.duration_s, result.timed_out)
+        return ExecResult(
+            tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s, result.timed_out
+        )
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         target = Path(self._map(path))
         if not str(target).startswith(str(self._scratch)):
-            raise InfrastructureError(f"the host sandbox only takes files under {SANDBOX_SCRATCH}, not {path}")
+            raise InfrastructureError(
+                f"the host sandbox only takes files under {SANDBOX_SCRATCH}, not {path}"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         target.chmod(mode)

@@ -21,7 +21,9 @@ SCHEME_HOST = "host"  # bare host: CUDA_VISIBLE_DEVICES index or UUID
 
 REAL_CDI_KIND = "nvidia.com/gpu"
 
-_PCI_RE = re.compile(r"^(?P<domain>[0-9a-fA-F]{4,8}):(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$")
+_PCI_RE = re.compile(
+    r"^(?P<domain>[0-9a-fA-F]{4,8}):(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$"
+)
 
 
 class InventoryError(ValueError):
@@ -76,7 +78,9 @@ class GpuRecord:
                 uuid=str(data["uuid"]),
                 name=str(data["name"]),
                 pci_bus_id=normalise_pci_bus_id(str(data["pci_bus_id"])),
-                memory_total_mib=None if data.get("memory_total_mib") is None else int(data["memory_total_mib"]),
+                memory_total_mib=None
+                if data.get("memory_total_mib") is None
+                else int(data["memory_total_mib"]),
                 driver_version=str(data["driver_version"]),
                 minor=int(data.get("minor", data["index"])),
                 native_ids={k: tuple(v) for k, v in dict(data.get("native_ids", {})).items()},
@@ -170,7 +174,14 @@ class Inventory:
             raise InventoryError(f"inventory is not valid JSON: {exc.msg}") from None
 
 
-def records_from_query(rows: Iterable[Mapping[str, Any]], cdi_kind: str = REAL_CDI_KIND) -> tuple[GpuRecord, ...]:
+def _minor(value: Any, index: int) -> int:
+    """``/dev/nvidiaN``'s N; nvidia-smi may not report it, and then it is the index."""
+    return value if isinstance(value, int) and value >= 0 else index
+
+
+def records_from_query(
+    rows: Iterable[Mapping[str, Any]], cdi_kind: str = REAL_CDI_KIND
+) -> tuple[GpuRecord, ...]:
     """Build records from parsed ``nvidia-smi --query-gpu`` rows (see workloads.nvidia_smi)."""
     records = []
     for row in rows:
@@ -185,7 +196,7 @@ def records_from_query(rows: Iterable[Mapping[str, Any]], cdi_kind: str = REAL_C
                 pci_bus_id=pci,
                 memory_total_mib=mem if isinstance(mem, int) else None,
                 driver_version=str(row["driver_version"]),
-                minor=int(row["minor_number"]) if isinstance(row.get("minor_number"), int) else index,
+                minor=_minor(row.get("minor_number"), index),
                 native_ids=default_native_ids(index, str(row["uuid"]), pci, cdi_kind),
             )
         )

@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from drivers.base import (
+    LABEL_PREFIX,
+    LABEL_RUN,
     Adapter,
     AdapterContext,
     Availability,
@@ -20,8 +22,6 @@ from drivers.base import (
     DriverUnavailable,
     ExecResult,
     InfrastructureError,
-    LABEL_PREFIX,
-    LABEL_RUN,
     Profile,
     RequestRejected,
     Sandbox,
@@ -49,8 +49,9 @@ class PodmanSandbox(Sandbox):
 
     def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
         result = self.adapter.podman(["exec", self.id, *argv], timeout=timeout)
-        return ExecResult(tuple(argv), result.exit_code, result.stdout, result.stderr,
-                          result.duration_s, result.timed_out)
+        return ExecResult(
+            tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s, result.timed_out
+        )
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         parent = path.rsplit("/", 1)[0] or "/"
@@ -104,9 +105,13 @@ class PodmanAdapter(Adapter):
             client = json.loads(result.stdout).get("Client", {})
         except json.JSONDecodeError:
             return Availability(False, "podman version printed something that is not JSON")
-        self.versions = {"engine": f"podman {client.get('Version', '?')}", "api": str(client.get("APIVersion", ""))}
-        info = self.podman(["info", "--format", "{{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Version}}"],
-                           timeout=15)
+        self.versions = {
+            "engine": f"podman {client.get('Version', '?')}",
+            "api": str(client.get("APIVersion", "")),
+        }
+        info = self.podman(
+            ["info", "--format", "{{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Version}}"], timeout=15
+        )
         if info.ok:
             self.versions["runtime"] = info.stdout.strip().splitlines()[0] if info.stdout.strip() else ""
         return Availability(True, versions=dict(self.versions))

@@ -106,9 +106,7 @@ class GpuRequest:
             except json.JSONDecodeError as exc:
                 raise RequestError(f"request is not valid JSON: {exc.msg} at char {exc.pos}") from None
         if not isinstance(data, Mapping):
-            raise RequestError(
-                "request must be an object like {\"gpu\": true, \"count\": 2, \"device_ids\": []}"
-            )
+            raise RequestError('request must be an object like {"gpu": true, "count": 2, "device_ids": []}')
         unknown = set(data) - {"gpu", "count", "device_ids"}
         if unknown:
             raise RequestError(f"unknown request field(s): {', '.join(sorted(unknown))}")

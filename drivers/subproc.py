@@ -32,14 +32,20 @@ def run_command(
             check=False,
         )
     except FileNotFoundError as exc:
-        return ExecResult(tuple(argv), 127, "", f"{argv[0]}: executable file not found ({exc.strerror})",
-                          time.monotonic() - start)
+        return ExecResult(
+            tuple(argv),
+            127,
+            "",
+            f"{argv[0]}: executable file not found ({exc.strerror})",
+            time.monotonic() - start,
+        )
     except subprocess.TimeoutExpired as exc:
         return ExecResult(
             tuple(argv), None, _text(exc.stdout), _text(exc.stderr), time.monotonic() - start, timed_out=True
         )
-    return ExecResult(tuple(argv), proc.returncode, _text(proc.stdout), _text(proc.stderr),
-                      time.monotonic() - start)
+    return ExecResult(
+        tuple(argv), proc.returncode, _text(proc.stdout), _text(proc.stderr), time.monotonic() - start
+    )
 
 
 def _text(data: bytes | str | None) -> str:

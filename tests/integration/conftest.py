@@ -1,0 +1,75 @@
+"""Running the conformance suites for real (pytest in a subprocess) and reading what they wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    exit_code: int
+    output: str
+    out_dir: Path
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return json.loads((self.out_dir / "results.json").read_text())
+
+    def verdicts(self, driver: str) -> dict[str, str]:
+        return {r["case"]: r["verdict"] for r in self.results["records"] if r["driver"] == driver}
+
+    def record(self, driver: str, case: str) -> dict[str, Any]:
+        return next(r for r in self.results["records"] if r["driver"] == driver and r["case"] == case)
+
+
+def run_conformance(
+    out_dir: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> Run:
+    """``pytest conformance`` in a subprocess, as a user would run it."""
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(REPO / "conformance"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--rootdir",
+        str(REPO),
+        "--out",
+        str(out_dir),
+        *args,
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+    )
+    return Run(proc.returncode, proc.stdout + proc.stderr, out_dir)
+
+
+@pytest.fixture
+def conformance(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def _run(*args: str, **kwargs: Any) -> Run:
+        return run_conformance(tmp_path / "out", *args, **kwargs)
+
+    return _run
+
+
+def podman_containers(label: str = "dev.gpuconform.run") -> list[str]:
+    proc = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return proc.stdout.split()

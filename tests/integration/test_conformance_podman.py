@@ -1,0 +1,122 @@
+"""The conformance suites through real Podman against the simulated host, healthy and broken.
+
+A case that passes on a broken stack is the worst defect this product can have, so each fault of
+the simulated host is injected and the cell it must turn red is checked, with its evidence.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conformance.catalogue import CATALOGUE
+from tests.integration.conftest import podman_containers
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"pass", "rejected", "unsupported", "skip"}
+VISIBILITY = [c.id for c in CATALOGUE if c.id.split(".")[0] in ("smi", "count", "device")]
+
+
+def test_healthy_h100x4_podman_column_is_green_and_reports_are_written(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman", "--sim", "h100x4", "-k", "smi or count or device")
+    assert run.exit_code == 0, run.output[-3000:]
+    verdicts = run.verdicts("podman")
+    assert set(verdicts) == set(VISIBILITY)
+    assert all(v in GOOD for v in verdicts.values()), verdicts
+    assert verdicts["count.over"] == "rejected"
+    assert verdicts["device.invalid"] == "rejected"
+    assert verdicts["smi.default"] == "pass"
+    record = run.record("podman", "smi.default")
+    assert record["simulated"] is True
+    assert len(record["granted"]) == 1 and record["seen"] == record["granted"]
+    assert any(c["argv"] == ["nvidia-smi", "-L"] and c["exit_code"] == 0 for c in record["commands"])
+    assert record["timings"]["provision_s"] > 0
+    for name in ("results.json", "matrix.json", "matrix.md", "matrix.html"):
+        assert (run.out_dir / name).stat().st_size > 0, name
+    assert "podman-count.2" in run.output or "podman" in (run.out_dir / "matrix.md").read_text()
+    assert not podman_containers(), "containers left behind"
+
+
+def test_single_gpu_host_skips_what_needs_two_with_a_reason(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman", "--sim", "single", "-k", "count.2 or device.pair or smi.default")
+    assert run.exit_code == 0, run.output[-3000:]
+    verdicts = run.verdicts("podman")
+    assert verdicts == {"count.2": "skip", "device.pair": "skip", "smi.default": "pass"}
+    assert "needs 2 GPUs" in run.record("podman", "count.2")["reason"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "case", "reason_part"),
+    [
+        ("wrong-gpu:1", "device.each", "GPU 1"),
+        ("extra-gpu:0", "smi.default", "extra"),
+        ("extra-gpu:0", "count.1", "extra"),
+        ("uuid-mismatch:2", "device.each", "not in the host inventory"),
+        ("fallen-off-bus:3", "smi.all", "GPU_IS_LOST"),
+        ("fallen-off-bus:3", "device.each", "GPU_IS_LOST"),
+    ],
+)
+def test_each_fault_turns_its_case_red_with_evidence(
+    conformance, fault: str, case: str, reason_part: str
+) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman", "--sim", "h100x4", "--sim-fault", fault, "-k", case)
+    assert run.exit_code == 1, run.output[-3000:]
+    record = run.record("podman", case)
+    assert record["verdict"] == "fail", record
+    assert reason_part in record["reason"], record["reason"]
+    assert record["commands"], "a failed case must carry the commands it ran"
+    assert fault in json.dumps(run.results["inventory"]) or fault in run.results["faults"]
+    assert not podman_containers(), "containers left behind after a failing run"
+
+
+def test_wrong_gpu_evidence_names_expected_and_seen_uuid(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance(
+        "--drivers", "podman", "--sim", "h100x4", "--sim-fault", "wrong-gpu:1", "-k", "device.each"
+    )
+    gpus = run.results["inventory"]["gpus"]
+    record = run.record("podman", "device.each")
+    assert record["parsed"]["expected"] == [gpus[1]["uuid"]]
+    assert record["parsed"]["seen"] == [gpus[2]["uuid"]]
+    assert gpus[1]["uuid"] in record["reason"] and gpus[2]["uuid"] in record["reason"]
+
+
+def test_unaffected_cases_stay_green_under_a_fault(conformance) -> None:  # type: ignore[no-untyped-def]
+    """wrong-gpu:1 must not smear into cases that never touch GPU 1."""
+    run = conformance(
+        "--drivers",
+        "podman",
+        "--sim",
+        "h100x4",
+        "--sim-fault",
+        "wrong-gpu:1",
+        "-k",
+        "smi.default or smi.none or count.1",
+    )
+    assert run.verdicts("podman") == {"smi.default": "pass", "smi.none": "pass", "count.1": "pass"}
+
+
+def test_missing_engine_is_a_skip_with_reason_or_an_error_when_required(conformance) -> None:  # type: ignore[no-untyped-def]
+    opt = ("--driver-opt", "podman.binary=/nonexistent/podman")
+    skipped = conformance("--drivers", "podman", *opt, "-k", "smi.default")
+    assert skipped.exit_code == 0, skipped.output[-2000:]
+    record = skipped.record("podman", "smi.default")
+    assert record["verdict"] == "skip" and "not installed" in record["reason"]
+    required = conformance("--drivers", "podman", "--require-driver", "podman", *opt, "-k", "smi.default")
+    assert required.exit_code != 0
+    assert required.record("podman", "smi.default")["verdict"] == "error"
+
+
+def test_unknown_driver_is_a_one_line_usage_error(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "nosuch")
+    assert run.exit_code == 4, run.output
+    assert "unknown driver 'nosuch'" in run.output
+    assert "Traceback" not in run.output
+
+
+def test_parallel_workers_share_gpus_through_leases(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman,host", "--sim", "h100x4", "-n", "2", "-k", "smi or count")
+    assert run.exit_code == 0, run.output[-3000:]
+    assert all(v in GOOD for v in run.verdicts("podman").values())
+    assert not podman_containers()
