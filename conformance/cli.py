@@ -178,9 +178,8 @@ def cmd_images(args: argparse.Namespace) -> int:
     for name, ref in build_all(args.engine.split(","), args.kinds.split(",") if args.kinds else None).items():
         print(f"{name}: {ref}")
     if args.guest:
-        from fixtures.guestimage import build_guest_image
-
         from drivers.base import Deadline
+        from fixtures.guestimage import build_guest_image
 
         image = build_guest_image(deadline=Deadline(900))
         print(f"qemu guest: kernel {image.kernel}, initrd {image.initrd}")

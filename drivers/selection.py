@@ -28,10 +28,22 @@ class Selection:
 
 
 def select_gpus(
-    ctx: AdapterContext, req: GpuRequest, scheme: str, deadline: Deadline, *, all_id: str | None = None
+    ctx: AdapterContext,
+    req: GpuRequest,
+    scheme: str,
+    deadline: Deadline,
+    *,
+    all_id: str | None = None,
+    lease: bool = True,
 ) -> Selection:
-    """Resolve ``req`` into native ids and a lease; RequestRejected for a count beyond the host."""
+    """Resolve ``req`` into native ids and a lease; RequestRejected for a count beyond the host.
+
+    ``lease=False`` is for observers that isolate nothing (the bare host's baseline), which must
+    be able to look at GPUs a sandbox holds.
+    """
     inventory = ctx.inventory
+    if not lease:
+        return _unleased(ctx, req, scheme, all_id)
     if not req.gpu:
         return Selection((), frozenset(), Lease(()))
     if req.device_ids:
@@ -55,3 +67,20 @@ def select_gpus(
             raise RequestRejected(f"GPU {gpu.uuid} has no {scheme} id in the inventory")
         ids.append(native[0])
     return Selection(tuple(ids), lease.uuids, lease)
+
+
+def _unleased(ctx: AdapterContext, req: GpuRequest, scheme: str, all_id: str | None) -> Selection:
+    inventory = ctx.inventory
+    if not req.gpu:
+        return Selection((), frozenset(), Lease(()))
+    if req.device_ids:
+        gpus = [
+            g
+            for i in req.device_ids
+            for g in ([*inventory.gpus] if i == all_id else [x for x in [inventory.resolve(scheme, i)] if x])
+        ]
+        return Selection(tuple(req.device_ids), frozenset(g.uuid for g in gpus), Lease(()))
+    if req.wanted > len(inventory.gpus):
+        raise RequestRejected(f"requested {req.wanted} GPUs but the host has {len(inventory.gpus)}")
+    gpus = sorted(inventory.gpus, key=lambda g: g.index)[: req.wanted]
+    return Selection(tuple(g.ids(scheme)[0] for g in gpus), frozenset(g.uuid for g in gpus), Lease(()))

@@ -120,3 +120,32 @@ def test_parallel_workers_share_gpus_through_leases(conformance) -> None:  # typ
     assert run.exit_code == 0, run.output[-3000:]
     assert all(v in GOOD for v in run.verdicts("podman").values())
     assert not podman_containers()
+
+
+def test_cuda_unusable_turns_cuda_init_red_while_smi_stays_green(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman", "--sim", "h100x4", "--sim-fault", "cuda-unusable:0",
+                      "-k", "smi.default or cuda.init or cuda.vectoradd")
+    verdicts = run.verdicts("podman")
+    assert verdicts["smi.default"] == "pass", run.output[-2000:]
+    assert verdicts["cuda.init"] == "fail"
+    assert "CUDA failed to initialise" in run.record("podman", "cuda.init")["reason"]
+    assert verdicts["cuda.vectoradd"] != "pass"
+
+
+def test_compute_cases_pass_marked_simulated_and_bandwidth_is_skipped(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman", "--sim", "h100x4", "-k", "cuda")
+    verdicts = run.verdicts("podman")
+    assert {k: v for k, v in verdicts.items() if k != "cuda.bandwidth"} == dict.fromkeys(
+        ("cuda.init", "cuda.uuid", "cuda.vectoradd", "cuda.matmul"), "pass"
+    ), run.output[-2000:]
+    assert verdicts["cuda.bandwidth"] == "skip"
+    assert "simulated" in run.record("podman", "cuda.bandwidth")["reason"]
+    assert run.record("podman", "cuda.matmul")["parsed"]["simulated"] is True
+
+
+def test_two_gpu_host_keeps_concurrent_sandboxes_disjoint_and_refuses_a_third(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance("--drivers", "podman", "--sim", "h100x2", "-k", "exclusive or env or release")
+    assert run.exit_code == 0, run.output[-3000:]
+    assert run.verdicts("podman") == {"exclusive.concurrent": "pass", "env.escalation": "pass", "release": "pass"}
+    details = run.record("podman", "exclusive.concurrent")["details"]
+    assert any("refused" in str(d.get("third", "")) for d in details), details

@@ -1,0 +1,66 @@
+"""CUDA compute inside the sandbox: cuda.init, cuda.uuid, cuda.vectoradd, cuda.matmul, cuda.bandwidth.
+
+nvidia-smi working is not CUDA working (a stale uvm node, a missing fabric manager, a mismatched
+compat library leave NVML fine and CUDA dead), so these cases judge what CUDA itself reports.
+"""
+
+from __future__ import annotations
+
+from conformance.catalogue import case
+from conformance.compute import apply, run_probe
+from conformance.observe import shape_request
+from drivers.base import Sandbox
+from drivers.request import GpuRequest
+from fixtures.cell import Cell
+from workloads.compute_judge import judge_bandwidth, judge_init, judge_matmul, judge_uuid, judge_vectoradd
+
+
+def _sandbox(cell: Cell) -> tuple[Sandbox, frozenset[str] | None, int]:
+    req = shape_request(cell, "default")
+    sandbox = cell.shared(req)
+    return sandbox, sandbox.granted, req.wanted
+
+
+@case("cuda.init")
+def test_cuda_init(cell: Cell) -> None:
+    sandbox, granted, count = _sandbox(cell)
+    apply(cell, judge_init(run_probe(cell, sandbox), granted, count))
+
+
+@case("cuda.uuid")
+def test_cuda_uuid(cell: Cell) -> None:
+    sandbox, granted, count = _sandbox(cell)
+    apply(cell, judge_uuid(run_probe(cell, sandbox), granted, count, cell.inventory.uuids))
+
+
+@case("cuda.vectoradd")
+def test_cuda_vectoradd(cell: Cell) -> None:
+    sandbox, granted, count = _sandbox(cell)
+    apply(cell, judge_vectoradd(run_probe(cell, sandbox), granted, count))
+
+
+@case("cuda.matmul")
+def test_cuda_matmul(cell: Cell) -> None:
+    sandbox, granted, count = _sandbox(cell)
+    apply(cell, judge_matmul(run_probe(cell, sandbox), granted, count))
+
+
+@case("cuda.bandwidth")
+def test_cuda_bandwidth(cell: Cell) -> None:
+    if cell.inventory.simulated:
+        cell.skip("bandwidth parity is not judged on a simulated host")
+    sandbox, granted, count = _sandbox(cell)
+    doc = run_probe(cell, sandbox)
+    uuids = sorted(granted) if granted is not None else [d["uuid"] for d in doc.get("devices", [])]
+    host = cell.runtime.adapter("host")
+    baseline = host.provision(
+        GpuRequest.of_ids([f"{u}" for u in uuids], count=len(uuids)),
+        image="python",
+        labels=cell.labels(),
+        deadline=cell.runtime.deadline(),
+    )
+    try:
+        host_doc = run_probe(cell, baseline)
+    finally:
+        baseline.close()
+    apply(cell, judge_bandwidth(doc, host_doc, cell.runtime.settings.thresholds))

@@ -1,0 +1,100 @@
+"""Isolation and lifecycle: exclusive.concurrent, env.escalation, release."""
+
+from __future__ import annotations
+
+from conformance.catalogue import case
+from conformance.observe import device_nodes, expect_exactly, is_absent, list_gpus
+from drivers.base import Deadline, DeadlineExceeded, RequestRejected
+from drivers.request import GpuRequest
+from fixtures.cell import Cell
+from workloads.nvidia_smi import parse_list
+
+THIRD_SANDBOX_WAIT_S = 15.0
+
+
+@case("exclusive.concurrent")
+def test_exclusive_concurrent(cell: Cell) -> None:
+    gpus = cell.inventory.gpus
+    if len(gpus) < 2:
+        cell.skip("precondition: needs 2 GPUs, the host has 1")
+    first = cell.own(GpuRequest.default())
+    second = cell.own(GpuRequest.default())
+    seen_first = {g.uuid for g in list_gpus(cell, first)}
+    seen_second = {g.uuid for g in list_gpus(cell, second)}
+    cell.seen = tuple(sorted(seen_first | seen_second))
+    cell.details.append({"first": sorted(seen_first), "second": sorted(seen_second)})
+    shared = seen_first & seen_second
+    if shared and cell.adapter.profile.exclusive:
+        cell.fail(
+            f"two concurrent sandboxes both see {', '.join(sorted(shared))}; the profile declares "
+            "exclusive GPUs",
+            expected="disjoint",
+            seen=sorted(shared),
+        )
+    if len(gpus) == 2:
+        _third_on_full_host(cell, seen_first | seen_second)
+    cell.passed(f"two concurrent sandboxes see disjoint GPUs {sorted(seen_first)} and {sorted(seen_second)}")
+
+
+def _third_on_full_host(cell: Cell, taken: set[str]) -> None:
+    """On a 2-GPU host both are taken: a third default request is refused or openly shared."""
+    expected = cell.adapter.profile.oversubscribe
+    try:
+        third = cell.adapter.provision(
+            GpuRequest.default(),
+            image=cell.runtime.image(cell.driver, "busybox"),
+            labels=cell.labels(),
+            deadline=Deadline(THIRD_SANDBOX_WAIT_S),
+        )
+    except (RequestRejected, DeadlineExceeded) as exc:
+        cell.details.append({"third": f"refused: {exc}"})
+        if expected != "reject":
+            cell.fail(f"a third sandbox on a full 2-GPU host was refused, the profile expects sharing: {exc}")
+        return
+    cell._own.append(third)
+    seen = {g.uuid for g in list_gpus(cell, third)}
+    cell.details.append({"third": sorted(seen)})
+    if expected == "reject":
+        cell.fail(
+            f"a third sandbox on a full 2-GPU host got {sorted(seen)}; the profile says it must be refused",
+            expected="rejected",
+            seen=sorted(seen),
+        )
+    if not seen & taken:
+        cell.fail("a third sandbox on a full 2-GPU host sees no GPU although the profile declares sharing")
+
+
+@case("env.escalation")
+def test_env_escalation(cell: Cell) -> None:
+    """The image asks for every GPU itself (NVIDIA_VISIBLE_DEVICES=all); only the request counts."""
+    none = cell.own(GpuRequest.none(), image="busybox-envall")
+    nodes = device_nodes(cell, none)
+    if nodes:
+        cell.fail(
+            f"no GPU requested, image sets NVIDIA_VISIBLE_DEVICES=all: /dev/nvidia{sorted(nodes)} present",
+            expected=[],
+            seen=sorted(nodes),
+        )
+    result = cell.run(none, ["nvidia-smi", "-L"])
+    if not is_absent(result) and result.exit_code == 0 and parse_list(result.stdout):
+        cell.fail(
+            "no GPU requested, image sets NVIDIA_VISIBLE_DEVICES=all: the sandbox sees GPUs",
+            seen=result.stdout.strip()[:300],
+        )
+    cell.release(none)
+    one = cell.own(GpuRequest.default(), image="busybox-envall")
+    expect_exactly(cell, one, 1, one.granted)
+    cell.passed("NVIDIA_VISIBLE_DEVICES=all in the image widens neither a no-GPU nor a one-GPU sandbox")
+
+
+@case("release")
+def test_release(cell: Cell) -> None:
+    first = cell.own(GpuRequest.default())
+    held = {g.uuid for g in list_gpus(cell, first)}
+    cell.release(first)
+    problems = getattr(cell.adapter, "release_problems", lambda: [])()
+    if problems:
+        cell.fail(f"after teardown: {'; '.join(problems)}")
+    everything = cell.own(GpuRequest.of_count(len(cell.inventory.gpus)))
+    expect_exactly(cell, everything, len(cell.inventory.gpus), everything.granted)
+    cell.passed(f"after teardown {', '.join(sorted(held))} is selectable again (a full-count request works)")

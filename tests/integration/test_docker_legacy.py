@@ -1,0 +1,226 @@
+"""The Docker adapter on a real Engine 20.10, legacy GPU path, through the simulated host.
+
+A private dockerd (fixtures.simgpu.dockerd) serves one simulated host instance with the simulated
+``nvidia-container-runtime-hook`` first on its PATH; the adapter talks to it through the real SDK
+and testcontainers. Everything lives under a short temporary directory (unix socket paths are
+limited to 108 bytes) and is removed at the end, daemon first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import pytest
+
+from drivers.base import LABEL_RUN, AdapterContext, Deadline, RequestRejected
+from drivers.docker import DockerAdapter
+from drivers.inventory import Inventory, default_native_ids
+from drivers.leases import GpuLeases
+from drivers.request import GpuRequest
+from fixtures.simgpu.dockerd import PrivateDockerd
+from fixtures.simgpu.host import SimHost
+
+pytestmark = pytest.mark.integration
+UUID_LINE = re.compile(r"^GPU \d+: .+ \(UUID: (GPU-[0-9a-f-]+)\)$")
+
+
+class Sim:
+    def __init__(self, base: Path, host: SimHost, dockerd: PrivateDockerd) -> None:
+        self.base, self.host, self.dockerd = base, host, dockerd
+
+    def adapter(self, inventory: Inventory | None = None) -> DockerAdapter:
+        ctx = AdapterContext(inventory=inventory or self.host.inventory, leases=GpuLeases(self.base / "leases"),
+                             run_id=f"it{secrets.token_hex(3)}", worker="gw0",
+                             options={"docker.host": self.dockerd.socket_url})
+        return DockerAdapter(ctx)
+
+
+def bring_up(base: Path) -> Sim:
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd is not installed (apt-get install -y docker.io)")
+    if os.geteuid() != 0:
+        pytest.skip("the simulated host and a private dockerd need root")
+    host = SimHost.up("h100x4", instance=f"t{secrets.token_hex(4)}", base=base, cdi_dir=base / "cdi",
+                      owner_pid=os.getpid())
+    try:
+        dockerd = PrivateDockerd.start(host.root, deadline=Deadline(60), data_root=base / "data")
+    except BaseException:
+        host.down()
+        raise
+    return Sim(base, host, dockerd)
+
+
+def tear_down(sim: Sim) -> None:
+    try:
+        sim.dockerd.stop(purge=True)
+    finally:
+        sim.host.down()
+        shutil.rmtree(sim.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Sim]:
+    base = Path(tempfile.mkdtemp(prefix="gcd-", dir="/tmp"))
+    up = bring_up(base)
+    try:
+        yield up
+    finally:
+        tear_down(up)
+
+
+@pytest.fixture(scope="module")
+def adapter(sim: Sim) -> DockerAdapter:
+    adapter = sim.adapter()
+    availability = adapter.available()
+    assert availability.ok, availability.reason
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def busybox(adapter: DockerAdapter) -> str:
+    return adapter.image_for("busybox")
+
+
+def provision(adapter: DockerAdapter, req: GpuRequest, image: str, **env: str):  # type: ignore[no-untyped-def]
+    return adapter.provision(req, image=image, labels=adapter.ctx.labels, deadline=Deadline(120), env=env)
+
+
+def seen_uuids(sandbox) -> list[str]:  # type: ignore[no-untyped-def]
+    result = sandbox.exec(["nvidia-smi", "-L"], timeout=30)
+    assert result.exit_code == 0, result
+    lines = result.stdout.strip().splitlines()
+    matches = [UUID_LINE.match(line) for line in lines]
+    assert all(matches), lines
+    return [m.group(1) for m in matches if m]
+
+
+def gpu_nodes(sandbox) -> list[str]:  # type: ignore[no-untyped-def]
+    result = sandbox.exec(["ls", "/dev"], timeout=30)
+    assert result.exit_code == 0, result
+    return sorted(n for n in result.stdout.split() if re.fullmatch(r"nvidia\d+", n))
+
+
+def test_private_dockerd_is_engine_20_10_on_the_legacy_path(sim: Sim, adapter: DockerAdapter) -> None:
+    assert sim.dockerd.status().running
+    assert adapter.versions["engine"].startswith("docker 20.10")
+    assert adapter.versions["gpu_path"] == "legacy"
+    assert adapter.profile.notes.startswith("gpu path: legacy;")
+
+
+def test_default_request_sees_exactly_its_leased_gpu(adapter: DockerAdapter, busybox: str) -> None:
+    with provision(adapter, GpuRequest.default(), busybox) as sandbox:
+        assert sandbox.granted is not None and len(sandbox.granted) == 1
+        assert seen_uuids(sandbox) == sorted(sandbox.granted)
+        assert len(gpu_nodes(sandbox)) == 1
+        assert sandbox.versions["gpu_path"] == "legacy"
+        assert sandbox.timings["provision_s"] > 0
+
+
+def test_count_2_sees_two_distinct_gpus(adapter: DockerAdapter, busybox: str) -> None:
+    with provision(adapter, GpuRequest.of_count(2), busybox) as sandbox:
+        seen = seen_uuids(sandbox)
+        assert len(set(seen)) == 2 and set(seen) == sandbox.granted
+        assert len(gpu_nodes(sandbox)) == 2
+
+
+@pytest.mark.parametrize("form", ["index", "cdi-index", "cdi-uuid"])
+def test_explicit_id_selects_that_gpu(sim: Sim, adapter: DockerAdapter, busybox: str, form: str) -> None:
+    gpu1 = sim.host.inventory.gpus[1]
+    device_id = {"index": "1", "cdi-index": f"{sim.host.inventory.cdi_kind}=1",
+                 "cdi-uuid": f"{sim.host.inventory.cdi_kind}={gpu1.uuid}"}[form]
+    with provision(adapter, GpuRequest.of_ids([device_id]), busybox) as sandbox:
+        assert sandbox.granted == frozenset({gpu1.uuid})
+        assert seen_uuids(sandbox) == [gpu1.uuid]
+        assert gpu_nodes(sandbox) == [f"nvidia{gpu1.minor}"]
+
+
+def test_no_request_with_image_env_all_sees_no_gpu(sim: Sim, adapter: DockerAdapter) -> None:
+    image = adapter.image_for("busybox-envall")
+    with provision(adapter, GpuRequest.none(), image, NVIDIA_VISIBLE_DEVICES="all") as sandbox:
+        env = sandbox.exec(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"], timeout=30)
+        assert env.stdout.strip() == "all"  # the escalation attempt is really there
+        smi = sandbox.exec(["nvidia-smi", "-L"], timeout=30)
+        assert smi.exit_code in (126, 127), smi  # absent: the hook never ran for this container
+        assert gpu_nodes(sandbox) == []
+        log = sim.dockerd.dir / "legacy-hook.log"
+        assert sandbox.id[:12] not in (log.read_text() if log.exists() else "")
+
+
+def test_gpu_request_with_image_env_all_sees_only_its_grant(adapter: DockerAdapter) -> None:
+    image = adapter.image_for("busybox-envall")
+    with provision(adapter, GpuRequest.default(), image) as sandbox:
+        assert seen_uuids(sandbox) == sorted(sandbox.granted or ())
+        assert len(gpu_nodes(sandbox)) == 1
+
+
+def test_concurrent_default_requests_get_disjoint_gpus(adapter: DockerAdapter, busybox: str) -> None:
+    with provision(adapter, GpuRequest.default(), busybox) as a, provision(adapter, GpuRequest.default(), busybox) as b:
+        assert set(seen_uuids(a)).isdisjoint(seen_uuids(b))
+
+
+def test_count_over_is_rejected_leaving_no_container(sim: Sim, adapter: DockerAdapter, busybox: str) -> None:
+    with pytest.raises(RequestRejected, match="requested 5 GPUs but the host has 4"):
+        provision(adapter, GpuRequest.of_count(5), busybox)
+    assert adapter.leftovers(adapter.ctx.labels) == []
+
+
+def test_hook_refusal_is_rejected_with_its_message_and_cleaned_up(sim: Sim, busybox: str) -> None:
+    # An inventory that knows a 5th GPU the host's plan lacks: the adapter passes "4", the hook refuses.
+    inv = sim.host.inventory
+    extra = replace(inv.gpus[3], index=4, uuid="GPU-99999999-9999-5999-9999-999999999999", minor=4,
+                    native_ids=default_native_ids(4, "GPU-99999999-9999-5999-9999-999999999999",
+                                                  inv.gpus[3].pci_bus_id, inv.cdi_kind))
+    adapter = sim.adapter(replace(inv, gpus=(*inv.gpus, extra)))
+    with pytest.raises(RequestRejected, match="device error: 4: unknown device"):
+        provision(adapter, GpuRequest.of_ids(["4"]), busybox)
+    assert adapter.leftovers(adapter.ctx.labels) == []
+    adapter.ctx.leases.acquire_exact([extra], Deadline(1)).release()  # the refusal gave its lease back
+
+
+def test_exec_has_a_hard_deadline(adapter: DockerAdapter, busybox: str) -> None:
+    with provision(adapter, GpuRequest.none(), busybox) as sandbox:
+        start = time.monotonic()
+        result = sandbox.exec(["sleep", "60"], timeout=1)
+        assert result.timed_out and result.exit_code is None
+        assert time.monotonic() - start < 5
+        sandbox.put_file("/tmp/gpuconform/probe.sh", b"#!/bin/sh\necho out; echo err >&2; exit 4\n")
+        ran = sandbox.exec(["/tmp/gpuconform/probe.sh"], timeout=30)
+        assert (ran.exit_code, ran.stdout, ran.stderr) == (4, "out\n", "err\n")
+
+
+def test_gc_removes_labelled_leftovers(sim: Sim, adapter: DockerAdapter, busybox: str) -> None:
+    client = docker.DockerClient(base_url=sim.dockerd.socket_url, timeout=30)
+    try:  # what a killed run leaves: a labelled container nobody will close
+        client.containers.run(busybox, ["sleep", "2147483647"], detach=True, network="none",
+                              labels={LABEL_RUN: adapter.ctx.run_id})
+        assert len(adapter.leftovers({LABEL_RUN: adapter.ctx.run_id})) == 1
+        assert len(adapter.gc(adapter.ctx.run_id)) == 1
+        assert adapter.leftovers({LABEL_RUN: adapter.ctx.run_id}) == []
+        assert client.containers.list(all=True) == []
+    finally:
+        client.close()
+
+
+def test_stopped_dockerd_is_unavailable_within_seconds() -> None:
+    own = bring_up(Path(tempfile.mkdtemp(prefix="gcd-", dir="/tmp")))
+    try:
+        adapter = own.adapter()
+        assert adapter.available().ok
+        own.dockerd.stop()
+        assert not own.dockerd.status().running
+        start = time.monotonic()
+        availability = adapter.available()
+        assert not availability.ok
+        assert availability.reason.startswith(f"docker engine not reachable at {own.dockerd.socket_url}")
+        assert time.monotonic() - start < 5
+    finally:
+        tear_down(own)
