@@ -92,7 +92,7 @@ def test_release(cell: Cell) -> None:
     first = cell.own(GpuRequest.default())
     held = {g.uuid for g in list_gpus(cell, first)}
     cell.release(first)
-    problems = getattr(cell.adapter, "release_problems", lambda: [])()
+    problems: list[str] = getattr(cell.adapter, "release_problems", lambda: [])()
     if problems:
         cell.fail(f"after teardown: {'; '.join(problems)}")
     everything = cell.own(GpuRequest.of_count(len(cell.inventory.gpus)))

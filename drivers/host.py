@@ -150,7 +150,7 @@ class HostAdapter(Adapter):
     ) -> Sandbox:
         req.validate()
         start = time.monotonic()
-        selection = select_gpus(self.ctx, req, SCHEME_HOST, deadline, lease=False)
+        selection = select_gpus(self.ctx, req, SCHEME_HOST, deadline, leased=False)
         sandbox = HostSandbox(self, req, selection)
         sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
         return sandbox

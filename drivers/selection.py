@@ -34,15 +34,15 @@ def select_gpus(
     deadline: Deadline,
     *,
     all_id: str | None = None,
-    lease: bool = True,
+    leased: bool = True,
 ) -> Selection:
     """Resolve ``req`` into native ids and a lease; RequestRejected for a count beyond the host.
 
-    ``lease=False`` is for observers that isolate nothing (the bare host's baseline), which must
+    ``leased=False`` is for observers that isolate nothing (the bare host's baseline), which must
     be able to look at GPUs a sandbox holds.
     """
     inventory = ctx.inventory
-    if not lease:
+    if not leased:
         return _unleased(ctx, req, scheme, all_id)
     if not req.gpu:
         return Selection((), frozenset(), Lease(()))

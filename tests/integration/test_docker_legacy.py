@@ -26,7 +26,7 @@ from drivers.docker import DockerAdapter
 from drivers.inventory import Inventory, default_native_ids
 from drivers.leases import GpuLeases
 from drivers.request import GpuRequest
-from fixtures.simgpu.dockerd import PrivateDockerd
+from fixtures.simgpu.dockerd import DockerdError, PrivateDockerd
 from fixtures.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
@@ -38,19 +38,20 @@ class Sim:
         self.base, self.host, self.dockerd = base, host, dockerd
 
     def adapter(self, inventory: Inventory | None = None) -> DockerAdapter:
-        ctx = AdapterContext(inventory=inventory or self.host.inventory, leases=GpuLeases(self.base / "leases"),
+        leases = GpuLeases(self.base / "leases")
+        ctx = AdapterContext(inventory=inventory or self.host.inventory, leases=leases,
                              run_id=f"it{secrets.token_hex(3)}", worker="gw0",
                              options={"docker.host": self.dockerd.socket_url})
         return DockerAdapter(ctx)
 
 
-def bring_up(base: Path) -> Sim:
+def bring_up(base: Path, *faults: str) -> Sim:
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed (apt-get install -y docker.io)")
     if os.geteuid() != 0:
         pytest.skip("the simulated host and a private dockerd need root")
-    host = SimHost.up("h100x4", instance=f"t{secrets.token_hex(4)}", base=base, cdi_dir=base / "cdi",
-                      owner_pid=os.getpid())
+    host = SimHost.up("h100x4", faults=faults, instance=f"t{secrets.token_hex(4)}", base=base,
+                      cdi_dir=base / "cdi", owner_pid=os.getpid())
     try:
         dockerd = PrivateDockerd.start(host.root, deadline=Deadline(60), data_root=base / "data")
     except BaseException:
@@ -163,8 +164,9 @@ def test_gpu_request_with_image_env_all_sees_only_its_grant(adapter: DockerAdapt
 
 
 def test_concurrent_default_requests_get_disjoint_gpus(adapter: DockerAdapter, busybox: str) -> None:
-    with provision(adapter, GpuRequest.default(), busybox) as a, provision(adapter, GpuRequest.default(), busybox) as b:
-        assert set(seen_uuids(a)).isdisjoint(seen_uuids(b))
+    with provision(adapter, GpuRequest.default(), busybox) as first, \
+            provision(adapter, GpuRequest.default(), busybox) as second:
+        assert set(seen_uuids(first)).isdisjoint(seen_uuids(second))
 
 
 def test_count_over_is_rejected_leaving_no_container(sim: Sim, adapter: DockerAdapter, busybox: str) -> None:
@@ -224,3 +226,35 @@ def test_stopped_dockerd_is_unavailable_within_seconds() -> None:
         assert time.monotonic() - start < 5
     finally:
         tear_down(own)
+
+
+def test_faults_of_the_plan_apply_on_the_legacy_path() -> None:
+    own = bring_up(Path(tempfile.mkdtemp(prefix="gcd-", dir="/tmp")), "wrong-gpu:1", "extra-gpu:0")
+    try:
+        adapter, gpus = own.adapter(), own.host.inventory.gpus
+        image = adapter.image_for("busybox")
+        with provision(adapter, GpuRequest.of_ids(["1"]), image) as sandbox:
+            assert seen_uuids(sandbox) == [gpus[2].uuid]  # asked for GPU 1, the broken stack gives GPU 2
+        with provision(adapter, GpuRequest.of_ids(["0"]), image) as sandbox:
+            assert seen_uuids(sandbox) == [gpus[0].uuid, gpus[1].uuid]  # one asked, two injected
+    finally:
+        tear_down(own)
+
+
+def test_a_daemon_that_dies_at_start_fails_loudly() -> None:
+    root = Path(tempfile.mkdtemp(prefix="gcd-", dir="/tmp"))  # short: the socket paths must fit
+    try:
+        (root / "plan.json").write_text("{}")
+        with pytest.raises(DockerdError, match="private dockerd exited with 1 while starting"):
+            PrivateDockerd.start(root, deadline=Deadline(10), data_root=root / "data", binary="false")
+        assert not (root / "docker" / "exec").exists()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_root_too_deep_for_unix_sockets_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    (deep / "plan.json").write_text("{}")
+    with pytest.raises(DockerdError, match="too deep"):
+        PrivateDockerd.start(deep, deadline=Deadline(10), data_root=tmp_path / "data")

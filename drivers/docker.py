@@ -1,0 +1,313 @@
+"""The Docker adapter: containers with GPUs through the Docker SDK, on the CDI or the legacy path.
+
+Docker has no GPU allocator, so default and count requests lease free GPUs (drivers.selection)
+and name them explicitly; ``count.over`` is refused before anything is created. The engine is
+``docker.host`` (option), else ``DOCKER_HOST``, else the default socket; the simulated host
+points it at its private dockerd. Container create/start/remove go through testcontainers'
+``DockerContainer`` (Ryuk disabled: its image cannot be pulled here and it misbehaves under
+xdist; leftovers are reaped by label with ``gc``). Exec uses the low-level API with our own
+frame reader, because docker-py's ``exec_run`` has no deadline. Request construction and the
+GPU path choice live in drivers.docker_payload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from drivers import docker_payload as wire
+from drivers.base import (
+    LABEL_PREFIX,
+    LABEL_RUN,
+    Adapter,
+    AdapterContext,
+    Availability,
+    Deadline,
+    DriverUnavailable,
+    ExecResult,
+    InfrastructureError,
+    Profile,
+    RequestRejected,
+    Sandbox,
+)
+from drivers.docker_payload import one_line
+from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY
+from drivers.request import GpuRequest
+from drivers.selection import Selection, select_gpus
+
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+KEEPALIVE = ["sleep", "2147483647"]
+PING_TIMEOUT_S = 3.0
+UNREACHABLE_HINT = "start dockerd, or point docker.host / DOCKER_HOST at it"
+API_TIMEOUT_S = 60.0
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class DockerSandbox(Sandbox):
+    def __init__(self, adapter: DockerAdapter, container: Any, req: GpuRequest, selection: Selection) -> None:
+        self.adapter = adapter
+        self._container = container  # testcontainers DockerContainer
+        self.id = container.get_container_id()
+        self.driver = "docker"
+        self.request = req
+        self.granted = selection.granted
+        self.versions = dict(adapter.versions)
+        self.timings: dict[str, float] = {}
+        self._selection = selection
+        self._closed = False
+
+    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        start = time.monotonic()
+        deadline = Deadline(timeout)
+        api = self.adapter.client().api
+        try:
+            exec_id = api.exec_create(self.id, list(argv), stdout=True, stderr=True, stdin=False)["Id"]
+            sock = api.exec_start(exec_id, socket=True)
+        except ENGINE_ERRORS as exc:
+            raise InfrastructureError(f"docker exec {argv[0] if argv else ''} in {self.id[:12]} failed: "
+                                      f"{one_line(exc)}") from None
+        stdout, stderr, timed_out = wire.read_multiplexed(sock, deadline)
+        if timed_out:
+            return ExecResult(tuple(argv), None, stdout, stderr, time.monotonic() - start, timed_out=True)
+        code = self._exit_code(exec_id, deadline)
+        return ExecResult(tuple(argv), code, stdout, stderr, time.monotonic() - start, timed_out=code is None)
+
+    def _exit_code(self, exec_id: str, deadline: Deadline) -> int | None:
+        """The exec's exit code; the stream can end a moment before the engine records it."""
+        grace = Deadline(deadline.remaining + 2.0)
+        while not grace.expired:
+            try:
+                state = self.adapter.client().api.exec_inspect(exec_id)
+            except ENGINE_ERRORS as exc:
+                raise InfrastructureError(f"docker exec inspect in {self.id[:12]}: {one_line(exc)}") from None
+            if not state.get("Running") and state.get("ExitCode") is not None:
+                return int(state["ExitCode"])
+            time.sleep(0.05)
+        return None
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
+        parent, _, name = path.rstrip("/").rpartition("/")
+        parent = parent or "/"
+        made = self.exec(["mkdir", "-p", parent], timeout=30)
+        if not made.ok:
+            raise InfrastructureError(f"mkdir -p {parent} in {self.id[:12]} failed: {made.stderr.strip()}")
+        try:
+            body = wire.single_file_tar(name, data, mode)
+            ok = self.adapter.client().api.put_archive(self.id, parent, body)
+        except ENGINE_ERRORS as exc:
+            raise InfrastructureError(f"copying {path} into {self.id[:12]}: {one_line(exc)}") from None
+        if not ok:
+            raise InfrastructureError(f"copying {path} into {self.id[:12]} failed: engine said no")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        start = time.monotonic()
+        try:
+            self.adapter.remove(self.id)
+        finally:
+            self._selection.release()
+            self.timings["teardown_s"] = round(time.monotonic() - start, 3)
+            with contextlib.suppress(*ENGINE_ERRORS):
+                self._container.get_docker_client().client.close()
+
+
+class DockerAdapter(Adapter):
+    name = "docker"
+    id_scheme = SCHEME_CDI
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        super().__init__(ctx)
+        self._client: docker.DockerClient | None = None
+        self._facts: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.versions: dict[str, str] = {}
+
+    # Engine ---------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self.ctx.options.get("docker.host") or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+
+    @property
+    def api_timeout(self) -> float:
+        return float(self.ctx.options.get("docker.timeout", API_TIMEOUT_S))
+
+    def _unreachable(self, exc: BaseException) -> str:
+        return f"docker engine not reachable at {self.base_url}: {one_line(exc)}"
+
+    def client(self) -> docker.DockerClient:
+        """The SDK client, created on first use (never at import)."""
+        if self._client is None:
+            try:
+                self._client = docker.DockerClient(base_url=self.base_url, timeout=self.api_timeout)
+            except ENGINE_ERRORS as exc:
+                raise DriverUnavailable(self._unreachable(exc), hint=UNREACHABLE_HINT) from None
+        return self._client
+
+    def _engine_facts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self._facts is None:
+            api = self.client().api
+            try:
+                self._facts = (api.version(), api.info())
+            except ENGINE_ERRORS as exc:
+                raise DriverUnavailable(self._unreachable(exc), hint=UNREACHABLE_HINT) from None
+            path, why = wire.choose_gpu_path(*self._facts, self.ctx.options.get("docker.gpu_path"))
+            self.versions = wire.engine_versions(*self._facts, path, why)
+        return self._facts
+
+    @property
+    def gpu_path(self) -> str:
+        self._engine_facts()
+        return self.versions["gpu_path"]
+
+    @property
+    def profile(self) -> Profile:
+        forced = self.ctx.options.get("docker.gpu_path")
+        if not forced and self._facts is None:
+            self.available()  # bounded by the ping timeout; learns the path when the engine answers
+        return wire.profile_for(forced or self.versions.get("gpu_path", "unknown (engine not reachable)"))
+
+    def available(self) -> Availability:
+        try:
+            probe = docker.DockerClient(base_url=self.base_url, timeout=PING_TIMEOUT_S)
+        except ENGINE_ERRORS as exc:
+            return Availability(False, self._unreachable(exc))
+        try:
+            probe.ping()
+            facts = (probe.api.version(), probe.api.info())
+            path, why = wire.choose_gpu_path(*facts, self.ctx.options.get("docker.gpu_path"))
+        except ENGINE_ERRORS as exc:
+            return Availability(False, self._unreachable(exc))
+        finally:
+            probe.close()
+        self._facts = facts
+        self.versions = wire.engine_versions(*facts, path, why)
+        return Availability(True, versions=dict(self.versions))
+
+    def all_ids(self) -> list[str] | None:
+        return [self.ctx.inventory.cdi_all]
+
+    def image_for(self, kind: str) -> str:
+        """The image of ``kind``: an ``image.<kind>`` option, else the locally built one."""
+        explicit = self.ctx.options.get(f"image.{kind}")
+        if explicit:
+            return explicit
+        from fixtures.images import ensure_image  # built from local packages; only when asked for
+
+        return ensure_image("docker", kind, docker_host=self.base_url, deadline=Deadline(900))
+
+    # Provision ------------------------------------------------------------------------------
+    def _select(self, req: GpuRequest, deadline: Deadline) -> Selection:
+        inventory = self.ctx.inventory
+        if self.gpu_path == wire.GPU_PATH_CDI:
+            return select_gpus(self.ctx, req, SCHEME_CDI, deadline, all_id=inventory.cdi_all)
+        legacy = wire.legacy_ids(req, inventory)  # unknown ids are refused here, named
+        return select_gpus(self.ctx, legacy, SCHEME_LEGACY, deadline, all_id=wire.LEGACY_ALL)
+
+    def provision(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+    ) -> Sandbox:
+        req.validate()
+        start = time.monotonic()
+        self._engine_facts()
+        selection = self._select(req, deadline)  # count.over is refused here, before any create
+        try:
+            container = self._start(req, selection, image, labels, env, deadline)
+        except BaseException:
+            selection.release()
+            raise
+        sandbox = DockerSandbox(self, container, req, selection)
+        sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
+        return sandbox
+
+    def _start(self, req: GpuRequest, selection: Selection, image: str, labels: Mapping[str, str],
+               env: Mapping[str, str] | None, deadline: Deadline) -> Any:
+        from testcontainers.core.config import testcontainers_config
+        from testcontainers.core.container import DockerContainer
+
+        testcontainers_config.ryuk_disabled = True  # no reaper image here; gc reaps by label
+        self._require_image(image)  # testcontainers would try to pull a missing one
+        container = None
+        try:
+            container = DockerContainer(
+                image, env=dict(env or {}),
+                docker_client_kw={"environment": {"DOCKER_HOST": self.base_url},
+                                  "timeout": deadline.cap(self.api_timeout)},
+            ).with_command(list(KEEPALIVE)).with_name(
+                wire.container_name(self.ctx.run_id, secrets.token_hex(3))
+            ).with_kwargs(
+                labels={**self.ctx.labels, **labels, f"{LABEL_PREFIX}.owner": "gpuconform"},
+                network="none",  # sandboxes need no network; keeps testcontainers from guessing one
+                device_requests=wire.device_requests(self.gpu_path, selection.ids),
+            )
+            container.start()
+            return container
+        except BaseException as exc:
+            if container is not None:
+                self._discard(container)
+            why = one_line(exc)
+            if isinstance(exc, docker.errors.APIError) and req.gpu and wire.is_device_refusal(why):
+                raise RequestRejected(f"docker refused GPU request {list(selection.ids)}: {why}") from None
+            if isinstance(exc, ENGINE_ERRORS):
+                raise InfrastructureError(f"docker could not start a container of {image}: {why}") from None
+            raise
+
+    def _require_image(self, image: str) -> None:
+        try:
+            self.client().images.get(image)
+        except docker.errors.ImageNotFound:
+            raise InfrastructureError(f"image {image} is not in the engine at {self.base_url}",
+                                      hint="gpuconform images build, or pass --image") from None
+        except ENGINE_ERRORS as exc:
+            raise InfrastructureError(f"docker image lookup of {image} failed: {one_line(exc)}") from None
+
+    def _discard(self, container: Any) -> None:
+        """Undo a half-way start: remove what was created, close the per-container client."""
+        from testcontainers.core.exceptions import ContainerStartException
+
+        try:
+            self.remove(container.get_wrapped_container().id)
+        except ContainerStartException:
+            pass  # nothing was created
+        finally:
+            with contextlib.suppress(*ENGINE_ERRORS):
+                container.get_docker_client().client.close()
+
+    # Cleanup --------------------------------------------------------------------------------
+    def remove(self, container_id: str) -> None:
+        try:
+            self.client().api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except ENGINE_ERRORS as exc:
+            raise InfrastructureError(f"docker rm -f {container_id[:12]} failed: {one_line(exc)}") from None
+
+    def _labelled(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
+        try:
+            return list(self.client().api.containers(all=True, filters=filters))
+        except ENGINE_ERRORS as exc:
+            raise InfrastructureError(f"docker ps at {self.base_url} failed: {one_line(exc)}") from None
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        return [wire.container_label(c) for c in self._labelled(labels)]
+
+    def gc(self, run_id: str | None = None) -> list[str]:
+        entries = self._labelled({LABEL_RUN: run_id or ""})
+        for entry in entries:
+            self.remove(entry["Id"])
+        return [wire.container_label(c) for c in entries]

@@ -1,0 +1,251 @@
+"""The Docker adapter's wire format: GPU path, DeviceRequests, ids, profiles, versions, exec frames.
+
+Functions over the engine's ``/version`` and ``/info`` answers and the inventory, kept apart from
+the adapter so the exact API payload for every request shape is easy to see and to test; and the
+reader of the multiplexed exec stream, which gives exec a hard deadline (docker-py has none).
+
+Two GPU paths (SPEC section 3):
+- ``cdi``: Engine >= 25 with CDI enabled (``CDISpecDirs`` non-empty in ``/info``; on by default
+  from 28.2). ``DeviceRequest(driver="cdi", device_ids=[<CDI names>])``, names passed untouched,
+  so the engine itself judges them.
+- ``legacy``: older engines or CDI off. ``DeviceRequest(device_ids=[...] | count=-1,
+  capabilities=[["gpu"]])``: dockerd sets NVIDIA_VISIBLE_DEVICES from the ids and runs
+  ``nvidia-container-runtime-hook``. CDI names are mapped to the legacy ids (index or UUID, same
+  form) through the inventory; ids it does not know are refused here, naming them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from drivers.base import Deadline, HarnessError, Profile, RequestRejected
+from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, Inventory
+from drivers.request import GpuRequest
+
+GPU_PATH_CDI = "cdi"
+GPU_PATH_LEGACY = "legacy"
+GPU_PATHS = (GPU_PATH_CDI, GPU_PATH_LEGACY)
+CDI_MIN_ENGINE = 25
+LEGACY_ALL = "all"
+GPU_CAPABILITIES = [["gpu"]]
+# Engine messages that mean "the engine refused these devices" (a clean rejection), as opposed to
+# an engine or harness failure. Legacy: the hook's exit reaches the start error via runc.
+REFUSAL_MARKERS = (
+    "unresolvable CDI devices",
+    "CDI device injection failed",
+    "could not select device driver",
+    "unknown device",
+    "device error",
+    "error running hook",
+    "invalid device",
+)
+
+
+class GpuPathError(HarnessError):
+    """The ``docker.gpu_path`` option names no known path."""
+
+
+def engine_major(version: str) -> int | None:
+    """The major of an engine version like ``20.10.24+dfsg1`` or ``28.2.2``; None if unreadable."""
+    match = re.match(r"\s*v?(\d+)\.", version or "")
+    return int(match.group(1)) if match else None
+
+
+def cdi_spec_dirs(info: Mapping[str, Any]) -> list[str]:
+    return [str(d) for d in info.get("CDISpecDirs") or []]
+
+
+def discovered_cdi_devices(info: Mapping[str, Any]) -> list[str]:
+    """CDI device names the engine reports (``DiscoveredDevices``, API >= 1.48), if any."""
+    return [str(d.get("ID", "")) for d in info.get("DiscoveredDevices") or []
+            if isinstance(d, Mapping) and str(d.get("Source", "")).lower() == "cdi"]
+
+
+def choose_gpu_path(
+    version: Mapping[str, Any], info: Mapping[str, Any], override: str | None
+) -> tuple[str, str]:
+    """The GPU path to use and why (a short phrase for the evidence)."""
+    if override:
+        if override not in GPU_PATHS:
+            raise GpuPathError(f"docker.gpu_path must be one of {', '.join(GPU_PATHS)}, got {override!r}")
+        return override, "forced by docker.gpu_path"
+    engine = str(version.get("Version") or info.get("ServerVersion") or "")
+    major = engine_major(engine)
+    if major is not None and major >= CDI_MIN_ENGINE and cdi_spec_dirs(info):
+        return GPU_PATH_CDI, f"engine {engine} with CDI spec dirs"
+    if major is None or major < CDI_MIN_ENGINE:
+        return GPU_PATH_LEGACY, f"engine {engine or '?'} predates CDI (needs >= {CDI_MIN_ENGINE})"
+    return GPU_PATH_LEGACY, f"engine {engine} has CDI disabled (no CDISpecDirs)"
+
+
+def engine_versions(
+    version: Mapping[str, Any], info: Mapping[str, Any], path: str, why: str
+) -> dict[str, str]:
+    """What evidence records say about the engine (SPEC section 6)."""
+    out = {
+        "engine": f"docker {version.get('Version', info.get('ServerVersion', '?'))}",
+        "api": str(version.get("ApiVersion", "")),
+        "runtime": str(info.get("DefaultRuntime", "")),
+        "gpu_path": path,
+        "gpu_path_reason": why,
+    }
+    runc = info.get("RuncCommit") or {}
+    if isinstance(runc, Mapping) and runc.get("ID"):
+        out["runtime_commit"] = str(runc["ID"])
+    dirs = cdi_spec_dirs(info)
+    if dirs:
+        out["cdi_spec_dirs"] = ",".join(dirs)
+    devices = discovered_cdi_devices(info)
+    if devices:
+        out["cdi_devices"] = ",".join(devices)
+    return out
+
+
+def profile_for(path: str) -> Profile:
+    """Each path declares itself, so a runner silently on the legacy path shows in the matrix."""
+    how = {
+        GPU_PATH_CDI: "CDI device names through DeviceRequest(driver=cdi); the engine resolves them",
+        GPU_PATH_LEGACY: "DeviceRequest(capabilities=[[gpu]]) -> NVIDIA_VISIBLE_DEVICES + "
+                         "nvidia-container-runtime-hook; CDI names mapped to index/UUID",
+    }
+    return Profile(
+        driver="docker",
+        cases={"device.unsupported": "unsupported"},
+        exclusive=True,
+        oversubscribe="reject",
+        notes=f"gpu path: {path}; {how.get(path, '?')}; harness leases GPUs for default/count requests",
+    )
+
+
+def legacy_ids(req: GpuRequest, inventory: Inventory) -> GpuRequest:
+    """``req`` with its device ids in legacy form (same form: index stays index, UUID stays UUID).
+
+    Accepts CDI names of this inventory's kind, legacy ids themselves, and the ``=all`` name.
+    """
+    if not req.device_ids:
+        return req
+    mapped = []
+    for device_id in req.device_ids:
+        if device_id in (inventory.cdi_all, LEGACY_ALL):
+            mapped.append(LEGACY_ALL)
+            continue
+        gpu = inventory.resolve(SCHEME_CDI, device_id)
+        if gpu is not None:
+            cdi, legacy = gpu.ids(SCHEME_CDI), gpu.ids(SCHEME_LEGACY)
+            position = cdi.index(device_id)
+            if not legacy:
+                raise RequestRejected(f"GPU {gpu.uuid} has no legacy id in the inventory")
+            mapped.append(legacy[position] if position < len(legacy) else legacy[0])
+            continue
+        if inventory.resolve(SCHEME_LEGACY, device_id) is not None:
+            mapped.append(device_id)
+            continue
+        raise RequestRejected(
+            f"unknown device id {device_id!r}: no GPU of this host has it",
+            hint=f"the docker legacy path takes {inventory.cdi_kind}=<index|UUID|all>, an index or a UUID",
+        )
+    return GpuRequest(gpu=req.gpu, count=req.count, device_ids=tuple(mapped))
+
+
+def device_requests(path: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``HostConfig.DeviceRequests`` for native ids (already chosen, leased and mapped)."""
+    from docker.types import DeviceRequest  # optional dependency: only with the docker driver
+
+    if not ids:
+        return []
+    if path == GPU_PATH_CDI:
+        return [DeviceRequest(driver="cdi", device_ids=list(ids))]
+    if list(ids) == [LEGACY_ALL]:
+        return [DeviceRequest(count=-1, capabilities=GPU_CAPABILITIES)]  # what `--gpus all` sends
+    return [DeviceRequest(device_ids=list(ids), capabilities=GPU_CAPABILITIES)]
+
+
+def is_device_refusal(message: str) -> bool:
+    return any(marker.lower() in message.lower() for marker in REFUSAL_MARKERS)
+
+
+def one_line(exc: BaseException) -> str:
+    """The engine's message for ``exc`` on one line (docker-py puts it in ``explanation``)."""
+    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:500]
+
+
+def single_file_tar(name: str, data: bytes, mode: int) -> bytes:
+    """The ``put_archive`` body for one file (no directory entries: those would reset modes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def container_label(entry: Mapping[str, Any]) -> str:
+    """How ``gc`` names a container from ``GET /containers/json``: its name, else its id."""
+    return str((entry.get("Names") or [entry["Id"]])[0]).lstrip("/")
+
+
+def container_name(run_id: str, suffix: str) -> str:
+    """A valid container name (``[a-zA-Z0-9][a-zA-Z0-9_.-]*``) carrying the run id."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id).strip("-_.") or "run"
+    return f"gpuconform-{safe[:40]}-{suffix}"
+
+
+def read_multiplexed(sock: Any, deadline: Deadline) -> tuple[str, str, bool]:
+    """Drain an attached, non-tty exec stream until EOF or ``deadline``: (stdout, stderr, timed_out).
+
+    Frames are an 8-byte header (stream 1 or 2, three zero bytes, big-endian size) and a payload;
+    stdout and stderr come interleaved on one connection, so draining it never deadlocks. Reads go
+    through the HTTP response's buffered reader when there is one (docker-py's
+    ``exec_start(socket=True)`` keeps it on the socket as ``_response``): the header parser may
+    already have buffered the first frames.
+    """
+    response = getattr(sock, "_response", None)
+    stream = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None) or sock
+    raw = getattr(sock, "_sock", sock)
+    out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+    timed_out = False
+    try:
+        while True:
+            header = _read_exact(stream, raw, 8, deadline)
+            if len(header) < 8:
+                break
+            size = int.from_bytes(header[4:8], "big")
+            payload = _read_exact(stream, raw, size, deadline)
+            out[2 if header[0] == 2 else 1].extend(payload)
+            if len(payload) < size:
+                break
+    except TimeoutError:
+        timed_out = True
+    finally:
+        for closable in (response, sock):  # the response first: it flushes through the socket
+            if closable is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    closable.close()
+    return out[1].decode(errors="replace"), out[2].decode(errors="replace"), timed_out
+
+
+def _read_exact(stream: Any, raw: Any, size: int, deadline: Deadline) -> bytes:
+    """Up to ``size`` bytes (fewer only at EOF); TimeoutError when the deadline passes first."""
+    data = bytearray()
+    read = getattr(stream, "read1", None) or getattr(stream, "read", None) or stream.recv
+    while len(data) < size:
+        if deadline.expired:
+            raise TimeoutError("exec deadline passed")
+        settimeout = getattr(raw, "settimeout", None)
+        if settimeout is not None:
+            settimeout(deadline.cap(deadline.remaining))
+        try:
+            chunk = read(size - len(data))
+        except (ConnectionResetError, BrokenPipeError):
+            break  # the container went away mid-exec: what we have is all there is
+        if not chunk:
+            break
+        data.extend(chunk)
+    return bytes(data)
