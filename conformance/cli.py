@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from drivers.base import HarnessError
 
-    errors: list[type[BaseException]] = [HarnessError, ValueError, OSError]
+    errors: list[type[BaseException]] = [HarnessError, ValueError, OSError, ImportError]
     try:
         from fixtures.simgpu.host import SimHostError
 
