@@ -95,6 +95,12 @@ def test_release(cell: Cell) -> None:
     problems: list[str] = getattr(cell.adapter, "release_problems", lambda: [])()
     if problems:
         cell.fail(f"after teardown: {'; '.join(problems)}")
+    gpus = [g for g in cell.inventory.gpus if g.uuid in held]
+    ids = [cell.adapter.native_ids(g)[0] for g in gpus if cell.adapter.native_ids(g)]
+    if ids and len(ids) == len(gpus):
+        again = cell.own(GpuRequest.of_ids(ids))
+        expect_exactly(cell, again, len(gpus), held)
+        cell.passed(f"after teardown {', '.join(sorted(held))} is selectable again by its id {ids[0]}")
     everything = cell.own(GpuRequest.of_count(len(cell.inventory.gpus)))
     expect_exactly(cell, everything, len(cell.inventory.gpus), everything.granted)
-    cell.passed(f"after teardown {', '.join(sorted(held))} is selectable again (a full-count request works)")
+    cell.passed(f"after teardown {', '.join(sorted(held))} is allocatable again (a full-count request works)")

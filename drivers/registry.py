@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "docker": "drivers.docker:DockerAdapter",
     "kubernetes": "drivers.kubernetes:KubernetesAdapter",
     "qemu": "drivers.qemu:QemuAdapter",
+    "qemu-single": "drivers.qemu:QemuSingleAdapter",
 }
 ENTRY_POINT_GROUP = "gpuconform.adapters"
 

@@ -1,0 +1,331 @@
+"""The QEMU/VFIO adapter: each sandbox is a VM with its GPUs passed through, reached over SSH.
+
+On real hardware every granted GPU (with its IOMMU-group companions) is moved to vfio-pci by
+drivers.vfio and handed to the VM behind its own PCIe root port. On the simulated host nothing can
+be passed through: the same VFIO steps run against a fake sysfs tree (so ``release`` is checked),
+and the guest receives its granted GPUs' nodes, descriptors and nvidia-smi through fw_cfg, from
+the simulated host's plan (faults applied). The rest is real either way: QEMU boots the guest
+(KVM when it works, TCG otherwise) and paramiko connects over SSH with a pinned host key.
+
+Options (``qemu.<key>``): binary, accel (auto|kvm|tcg), memory (MiB), cpus, kernel + initrd
+[+ append, disk] (a runner's own guest), guest_cache, python_rootfs, single (1: one GPU per VM,
+as OpenShell's VM driver), sysfs_root, vfio_state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from drivers import qemu_guest as guest
+from drivers import qemu_vm as vm
+from drivers import vfio
+from drivers.base import (
+    Adapter,
+    AdapterContext,
+    Availability,
+    Deadline,
+    ExecResult,
+    Expectation,
+    HarnessError,
+    InfrastructureError,
+    Profile,
+    RequestRejected,
+    Sandbox,
+)
+from drivers.inventory import SCHEME_PCI, GpuRecord, InventoryError, normalise_pci_bus_id
+from drivers.leases import Lease
+from drivers.qemu_vfio import VfioSite, vfio_sites
+from drivers.request import GpuRequest
+from drivers.ssh import SshError, SshSession, generate_keys
+from fixtures.guestimage import GuestImage
+
+IMAGE_ENV = {"busybox-envall": {"NVIDIA_VISIBLE_DEVICES": "all"}}  # what that image kind bakes in
+PORT_ATTEMPTS = 3
+CONSOLE_KEEP = 64 * 1024
+
+
+class QemuSandbox(Sandbox):
+    """One VM. ``console_log`` is the guest's serial console (kept in memory after close)."""
+
+    def __init__(self, adapter: QemuAdapter, req: GpuRequest, lease: Lease, image_kind: str,
+                 env: Mapping[str, str]) -> None:
+        self.adapter = adapter
+        self.driver = adapter.name
+        self.request = req
+        self.gpus = tuple(sorted(lease.gpus, key=lambda g: g.index))
+        self.granted = lease.uuids
+        self.id = f"{vm.NAME_PREFIX}{adapter.ctx.run_id}-{secrets.token_hex(4)}"
+        self.dir = adapter.vm_base(adapter.ctx.run_id) / self.id
+        self.versions = dict(adapter.versions)
+        self.timings: dict[str, float] = {}
+        self.image_kind = image_kind
+        self._env = {**IMAGE_ENV.get(image_kind, {}), **env}
+        self._lease = lease
+        self._bindings: list[vfio.Binding] = []
+        self._site: VfioSite | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ssh: SshSession | None = None
+        self._console = ""
+        self._closed = False
+
+    @property
+    def console_log(self) -> str:
+        path = self.dir / "console.log"
+        return path.read_text(errors="replace")[-CONSOLE_KEEP:] if path.is_file() else self._console
+
+    def start(self, deadline: Deadline) -> None:
+        """Bind, boot, connect; the caller closes the sandbox when this raises."""
+        self.dir.mkdir(parents=True)
+        (self.dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "name": self.id}))
+        keys = generate_keys()
+        fw_cfg = guest.write_keys(self.dir, keys)
+        self._site = self.adapter.vfio_site()
+        for gpu in self.gpus:  # real or fake sysfs: bind and release always run
+            self._bindings.append(self._site.bind(gpu.pci_bus_id, run_id=self.adapter.ctx.run_id,
+                                                  deadline=deadline))
+        passthrough: tuple[str, ...] = ()
+        if self.adapter.simulated:
+            payload = guest.sim_payload(self.adapter.ctx, self.gpus)
+            if payload.manifest:
+                (self.dir / "manifest").write_text(payload.manifest)
+                fw_cfg += [("manifest", self.dir / "manifest"), *payload.files]
+        else:
+            passthrough = tuple(b.gpu_bdf for b in self._bindings)
+        image = self.adapter.guest_image(deadline)
+        disks, extra = guest.boot_disks(self.adapter.ctx.options, image, self.image_kind, deadline)
+        stderr_log = self.dir / "qemu.stderr"
+        for attempt in range(PORT_ATTEMPTS):
+            spec = self.adapter.vm_spec(self.id, image, image.append + extra, vm.free_port(), self.dir,
+                                        passthrough, tuple(fw_cfg), disks)
+            booted = time.monotonic()
+            self._proc = proc = vm.launch(spec, stderr_log)
+
+            def alive(proc: subprocess.Popen[bytes] = proc, console: Path = spec.console_log) -> str | None:
+                return vm.describe_exit(proc, stderr_log, console)
+
+            try:
+                self._ssh = SshSession.connect("127.0.0.1", spec.ssh_port, username="root", keys=keys,
+                                               deadline=deadline, alive=alive)
+                break
+            except SshError as exc:  # a port taken between free_port() and QEMU's bind is retried
+                lost_port = "hostfwd" in vm.log_tail(stderr_log, 5)
+                vm.stop(proc)
+                if not lost_port or attempt == PORT_ATTEMPTS - 1:
+                    tail = vm.log_tail(spec.console_log, 2)
+                    raise InfrastructureError(f"VM {self.id} did not come up: {exc}",
+                                              hint=f"guest console: {tail or 'empty'}") from None
+        first = self.exec(["true"], timeout=deadline.cap(60))
+        if not first.ok:
+            raise InfrastructureError(f"VM {self.id}: first exec failed: {first.to_json(200)}")
+        self.timings["provision_s"] = round(time.monotonic() - booted, 3)
+
+    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        if self._ssh is None or self._closed:
+            raise InfrastructureError(f"VM {self.id} is not running")
+        env = [f"{k}={v}" for k, v in sorted(self._env.items())]
+        result = self._ssh.exec(["env", *env, *argv] if env else argv, timeout=timeout)
+        return ExecResult(tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s,
+                          result.timed_out)
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
+        if self._ssh is None or self._closed:
+            raise InfrastructureError(f"VM {self.id} is not running")
+        self._ssh.put_file(path, data, mode)
+
+    def close(self) -> None:
+        """SSH, QEMU (SIGTERM, then SIGKILL), the VM directory, the VFIO bindings, the lease."""
+        if self._closed:
+            return
+        self._closed = True
+        start = time.monotonic()
+        problems: list[str] = []
+        try:
+            if self._ssh is not None:
+                self._ssh.close()
+            if self._proc is not None:
+                vm.stop(self._proc)
+            self._console = self.console_log
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.dir.exists():
+                problems.append(f"could not remove {self.dir}")
+            for binding in reversed(self._bindings):
+                try:
+                    if self._site is not None:
+                        self._site.release(binding)
+                except vfio.VfioError as exc:
+                    problems.append(str(exc))
+            self.adapter.note_closed(self.id, self._bindings, self._site)
+        finally:
+            self._lease.release()
+            self.timings["teardown_s"] = round(time.monotonic() - start, 3)
+        if problems:
+            raise InfrastructureError(f"teardown of VM {self.id} incomplete: {'; '.join(problems)}")
+
+
+class QemuAdapter(Adapter):
+    name = "qemu"
+    id_scheme = SCHEME_PCI
+    single = False
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        super().__init__(ctx)
+        self.versions: dict[str, str] = {}
+        self._image: GuestImage | None = None
+        self._closed: list[tuple[str, list[vfio.Binding], VfioSite | None]] = []
+
+    def opt(self, key: str, default: str = "") -> str:
+        return self.ctx.options.get(f"qemu.{key}") or default
+
+    @property
+    def simulated(self) -> bool:
+        return self.ctx.inventory.simulated
+
+    @property
+    def single_gpu(self) -> bool:
+        return self.single or self.opt("single") == "1"
+
+    @property
+    def profile(self) -> Profile:
+        cases: dict[str, Expectation] = {"device.unsupported": "unsupported"}
+        if self.single_gpu:
+            cases.update({"count.2": "reject", "device.pair": "reject"})
+            if len(self.ctx.inventory.gpus) > 1:
+                cases.update({"count.max": "reject", "smi.all": "reject"})
+        per_vm = "one vfio-pci GPU per VM (as OpenShell's VM driver)" if self.single_gpu else "N GPUs per VM"
+        sim = "; simulated: fake sysfs for VFIO, GPUs through fw_cfg" if self.simulated else ""
+        return Profile(driver=self.name, cases=cases, exclusive=True, oversubscribe="reject",
+                       notes=f"{per_vm}; PCI bus ids or host indices; the harness leases GPUs{sim}")
+
+    # Environment ------------------------------------------------------------------------------
+    def guest_image(self, deadline: Deadline) -> GuestImage:
+        if self._image is None:
+            self._image = guest.resolve_image(self.ctx.options, deadline)
+        return self._image
+
+    def accel(self) -> tuple[str, str]:
+        forced = self.opt("accel", "auto")
+        if forced in ("kvm", "tcg"):
+            return forced, "forced by qemu.accel"
+        kernel = self.guest_image(Deadline(900)).kernel
+        ok, why = vm.kvm_usable(self.opt("binary", "qemu-system-x86_64"), kernel)
+        return ("kvm", why) if ok else ("tcg", why)
+
+    def vfio_site(self) -> VfioSite:
+        return vfio_sites(self.ctx, create=True)[0]
+
+    def vm_base(self, run_id: str) -> Path:
+        return Path(self.ctx.state_dir) / "qemu" / "vms" / run_id
+
+    def vm_spec(self, name: str, image: GuestImage, append: str, port: int, vm_dir: Path,
+                passthrough: tuple[str, ...], fw_cfg: tuple[tuple[str, Path], ...],
+                disks: tuple[Path, ...]) -> vm.VmSpec:
+        try:
+            memory = int(self.opt("memory", "1024" if self.simulated else "8192"))
+            cpus = int(self.opt("cpus", "2"))
+        except ValueError:
+            raise InfrastructureError("qemu.memory and qemu.cpus must be whole numbers") from None
+        return vm.VmSpec(name=name, binary=self.opt("binary", "qemu-system-x86_64"), accel=self.accel()[0],
+                         memory_mib=memory, cpus=cpus, kernel=image.kernel, initrd=image.initrd,
+                         append=append, ssh_port=port, console_log=vm_dir / "console.log",
+                         pidfile=vm_dir / "qemu.pid", vfio_bdfs=passthrough, fw_cfg=fw_cfg, disks=disks)
+
+    def available(self) -> Availability:
+        binary = self.opt("binary", "qemu-system-x86_64")
+        if shutil.which(binary) is None:
+            return Availability(False, f"{binary} not found (hint: apt-get install qemu-system-x86)")
+        try:
+            image = self.guest_image(Deadline(900))
+            accel, why = self.accel()
+            restored = self.reconcile()
+            site = self.vfio_site()
+        except HarnessError as exc:
+            return Availability(False, f"qemu: {exc}")
+        self.versions = {"qemu": vm.qemu_version(binary) or "unknown", "accel": accel, "accel_reason": why,
+                         "machine": "q35", "vfio": site.describe(), **image.versions()}
+        if restored:
+            self.versions["vfio_reconciled"] = "; ".join(restored)
+        return Availability(True, versions=dict(self.versions))
+
+    # Requests ---------------------------------------------------------------------------------
+    def resolve_ids(self, device_ids: Sequence[str]) -> list[GpuRecord]:
+        """GPUs named by PCI bus id (any domain width) or host index; an unknown id is rejected."""
+        inv, out = self.ctx.inventory, []
+        for raw in device_ids:
+            gpu = inv.resolve(SCHEME_PCI, raw)
+            if gpu is None:
+                with contextlib.suppress(InventoryError):
+                    bdf = normalise_pci_bus_id(raw)
+                    gpu = next((g for g in inv.gpus if g.pci_bus_id == bdf), None)
+            if gpu is None:
+                known = ", ".join(i for g in inv.gpus for i in g.ids(SCHEME_PCI)) or "none"
+                raise RequestRejected(f"unknown GPU device id '{raw}': no PCI bus id or index of this host",
+                                      hint=f"known ids: {known}")
+            if gpu in out:
+                raise RequestRejected(f"device id '{raw}' names GPU {gpu.pci_bus_id} a second time")
+            out.append(gpu)
+        return out
+
+    def provision(self, req: GpuRequest, *, image: str, labels: Mapping[str, str], deadline: Deadline,
+                  env: Mapping[str, str] | None = None) -> Sandbox:
+        req.validate()
+        if self.single_gpu and req.wanted > 1:
+            raise RequestRejected(f"{self.name} passes one GPU per VM; {req.wanted} requested",
+                                  hint="request one GPU (as OpenShell's VM driver)")
+        if req.device_ids:
+            lease = self.ctx.leases.acquire_exact(self.resolve_ids(req.device_ids), deadline)
+        elif req.gpu:  # more than the host has is rejected here, before anything starts
+            lease = self.ctx.leases.acquire(self.ctx.inventory.gpus, req.wanted, deadline)
+        else:
+            lease = Lease(())
+        sandbox = QemuSandbox(self, req, lease, image, env or {})
+        try:
+            sandbox.start(deadline)
+        except BaseException:
+            with contextlib.suppress(HarnessError):
+                sandbox.close()
+            raise
+        return sandbox
+
+    # Cleanup ----------------------------------------------------------------------------------
+    def note_closed(self, name: str, bindings: list[vfio.Binding], site: VfioSite | None) -> None:
+        self._closed.append((name, list(bindings), site))
+
+    def release_problems(self) -> list[str]:
+        """What the last closed VM left: a QEMU process, a binding record, a device not given back."""
+        if not self._closed:
+            return []
+        name, bindings, site = self._closed[-1]
+        problems = [f"QEMU {n} (pid {p}) still runs" for p, n in vm.vm_processes(name).items()]
+        return problems + (site.leftovers(bindings) if site is not None else [])
+
+    def reconcile(self) -> list[str]:
+        """Give back the GPUs of bindings whose process died (a SIGKILLed run)."""
+        return [line for site in vfio_sites(self.ctx, create=False) for line in site.reconcile()]
+
+    def gc(self, run_id: str | None = None) -> list[str]:
+        """Kill the run's QEMU processes (found by name), remove its VM directories, reconcile VFIO."""
+        removed = []
+        prefix = f"{vm.NAME_PREFIX}{run_id}-" if run_id else vm.NAME_PREFIX
+        for pid, name in sorted(vm.vm_processes(prefix).items()):
+            if vm.kill_vm(pid, name):
+                removed.append(f"QEMU {name} (pid {pid})")
+        base = self.vm_base(run_id) if run_id else self.vm_base("-").parent
+        if base.is_dir():
+            shutil.rmtree(base, ignore_errors=True)
+            removed.append(f"VM directories under {base}")
+        return removed + self.reconcile()
+
+
+class QemuSingleAdapter(QemuAdapter):
+    """``qemu-single``: the profile variant that matches OpenShell's VM driver (one GPU per VM)."""
+
+    name = "qemu-single"
+    single = True
