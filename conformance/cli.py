@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv += ["--probe-image", args.probe_image]
     if args.k:
         argv += ["-k", args.k]
-    if args.numprocesses:
+    if args.numprocesses not in (None, "", "0"):
         argv += ["-n", args.numprocesses]
     if args.allure:
         argv += [f"--alluredir={args.allure}"]
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the conformance matrix",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Anything after -- goes to pytest unchanged.",
+        epilog=EXAMPLES + "\nAnything after -- goes to pytest unchanged.",
     )
     run.add_argument("--out", default="results", help="results directory (default: results)")
     run.add_argument("--drivers", action="append", help="comma-separated drivers (default: all known)")
@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker.gpu_path=cdi"
     )
     run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
-    run.add_argument("-n", "--numprocesses", help="pytest-xdist workers (e.g. auto)")
+    run.add_argument("-n", "--numprocesses", default="auto",
+                     help="pytest-xdist workers (default: auto; 0 runs in one process)")
     run.add_argument("--allure", metavar="DIR", help="also write Allure results (needs allure-pytest)")
     run.add_argument("pytest_args", nargs="*", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)

@@ -113,7 +113,9 @@ class GpuRequest:
         gpu = data.get("gpu", False)
         if not isinstance(gpu, bool):
             raise RequestError(f"gpu must be true or false, got {gpu!r}")
-        ids = data.get("device_ids") or []
+        ids = data.get("device_ids")
+        if ids is None:  # not `or []`: 0, false and "" are wrong types, not "no ids"
+            ids = []
         if isinstance(ids, str) or not isinstance(ids, Sequence):
             raise RequestError(f"device_ids must be a list of strings, got {ids!r}")
         return cls(gpu=gpu, count=data.get("count"), device_ids=tuple(ids)).validate()

@@ -47,28 +47,46 @@ def test_single_gpu_host_skips_what_needs_two_with_a_reason(conformance) -> None
     assert "needs 2 GPUs" in run.record("podman", "count.2")["reason"]
 
 
-@pytest.mark.parametrize(
-    ("fault", "case", "reason_part"),
-    [
-        ("wrong-gpu:1", "device.each", "GPU 1"),
-        ("extra-gpu:0", "smi.default", "extra"),
-        ("extra-gpu:0", "count.1", "extra"),
-        ("uuid-mismatch:2", "device.each", "not in the host inventory"),
-        ("fallen-off-bus:3", "smi.all", "GPU_IS_LOST"),
-        ("fallen-off-bus:3", "device.each", "GPU_IS_LOST"),
-    ],
-)
-def test_each_fault_turns_its_case_red_with_evidence(
-    conformance, fault: str, case: str, reason_part: str
-) -> None:  # type: ignore[no-untyped-def]
-    run = conformance("--drivers", "podman", "--sim", "h100x4", "--sim-fault", fault, "-k", case)
+FAULTS = [
+    ("wrong-gpu:1", "device.each", "GPU 1"),
+    ("extra-gpu:0", "smi.default", "extra"),
+    ("extra-gpu:0", "count.1", "extra"),
+    ("uuid-mismatch:2", "device.each", "not in the host inventory"),
+    ("fallen-off-bus:3", "smi.all", "GPU_IS_LOST"),
+    ("fallen-off-bus:3", "device.each", "GPU_IS_LOST"),
+]
+
+
+@pytest.mark.parametrize("driver", ["podman", "docker"])
+@pytest.mark.parametrize(("fault", "case", "reason_part"), FAULTS)
+def test_each_fault_turns_its_case_red_with_evidence(  # type: ignore[no-untyped-def]
+    conformance, driver: str, fault: str, case: str, reason_part: str
+) -> None:
+    run = conformance(
+        "--drivers", driver, "--require-driver", driver, "--sim", "h100x4", "--sim-fault", fault, "-k", case
+    )
     assert run.exit_code == 1, run.output[-3000:]
-    record = run.record("podman", case)
+    record = run.record(driver, case)
     assert record["verdict"] == "fail", record
     assert reason_part in record["reason"], record["reason"]
     assert record["commands"], "a failed case must carry the commands it ran"
     assert fault in json.dumps(run.results["inventory"]) or fault in run.results["faults"]
     assert not podman_containers(), "containers left behind after a failing run"
+
+
+def test_qemu_guest_sees_the_wrong_gpu_the_fault_injects(conformance) -> None:  # type: ignore[no-untyped-def]
+    """The same fault, through fw_cfg into a real guest booted under QEMU, reached over SSH."""
+    run = conformance(
+        "--drivers", "qemu", "--require-driver", "qemu", "--sim", "h100x2",
+        "--sim-fault", "wrong-gpu:0", "-k", "device.each or smi.none",
+    )
+    verdicts = run.verdicts("qemu")
+    assert verdicts == {"device.each": "fail", "smi.none": "pass"}, run.output[-3000:]
+    gpus = run.results["inventory"]["gpus"]
+    record = run.record("qemu", "device.each")
+    assert record["parsed"]["expected"] == [gpus[0]["uuid"]]
+    assert record["parsed"]["seen"] == [gpus[1]["uuid"]]
+    assert record["parsed"].get("console_log"), "the VM console log belongs in the evidence"
 
 
 def test_wrong_gpu_evidence_names_expected_and_seen_uuid(conformance) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,95 @@
+"""The gpuconform command line, called in-process: help texts, one-line errors, harmless no-ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conformance.cli import main
+from drivers.registry import BUILTIN
+
+VERDICT_WORDS = ("pass", "rejected", "fail", "unsupported", "skip", "error", "inconclusive")
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]], ids=["top", "run"])
+def test_help_shows_examples_and_verdicts(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    out = _help(argv, capsys)
+    assert "examples:\n  gpuconform run --out results/" in out
+    assert "gpuconform run --drivers podman -k count" in out
+    verdicts = out[out.index("verdicts:") :]
+    for word in VERDICT_WORDS:
+        assert f" {word}" in verdicts or f"{word} (" in verdicts, word
+
+
+def test_run_help_lists_the_run_options(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _help(["run", "--help"], capsys)
+    for option in ("--drivers", "--require-driver", "--sim", "--sim-fault", "--driver-opt", "--out"):
+        assert option in out
+    assert "Anything after -- goes to pytest unchanged." in out
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("gpuconform: error: ")
+    return lines[0]
+
+
+def test_matrix_of_a_missing_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["matrix", "/nonexistent.json"]) == 2
+    assert _one_line_error(capsys) == "gpuconform: error: no such file: /nonexistent.json"
+
+
+def test_matrix_of_a_non_json_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "results.json"
+    bad.write_text("{oops\n")
+    assert main(["matrix", str(bad)]) == 2
+    assert _one_line_error(capsys).startswith(f"gpuconform: error: {bad} is not JSON (")
+
+
+def test_matrix_of_json_that_is_no_result_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    assert main(["matrix", str(other)]) == 2
+    assert "is neither a results.json" in _one_line_error(capsys)
+
+
+def test_sim_down_of_an_unknown_instance_is_harmless(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "down", "--name", "doesnotexist"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "no simulated host named doesnotexist is up\n"
+    assert captured.err == ""
+    assert not Path("/run/gpuconform/sim/doesnotexist").exists()
+
+
+def test_drivers_lists_the_builtin_adapters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["drivers"]) == 0
+    listed = capsys.readouterr().out.split()
+    for name in ("host", "podman", "docker", "kubernetes", "qemu"):
+        assert name in listed
+    assert set(BUILTIN) <= set(listed)
+    assert listed == sorted(listed)
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frobnicate'" in err
+    assert "Traceback" not in err

@@ -1,0 +1,177 @@
+"""exception_verdict: how an exception escaping a case becomes its verdict (SPEC 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from conformance.catalogue import BY_ID
+from drivers.base import (
+    Adapter,
+    AdapterContext,
+    Availability,
+    Deadline,
+    DeadlineExceeded,
+    DriverUnavailable,
+    HarnessError,
+    InfrastructureError,
+    Profile,
+    RequestRejected,
+    Sandbox,
+)
+from drivers.inventory import Inventory
+from drivers.leases import GpuLeases
+from drivers.request import GpuRequest, RequestError
+from fixtures.cell import Cell
+from fixtures.outcomes import exception_verdict
+from reports.evidence import Verdict
+from workloads.compute_judge import ProbeOutputError
+from workloads.nvidia_smi import SmiParseError
+
+
+class FakeAdapter(Adapter):
+    """An adapter that provisions nothing; ``left`` is what ``leftovers`` reports."""
+
+    name = "fake"
+
+    def __init__(self, ctx: AdapterContext, left: list[str] | None = None) -> None:
+        super().__init__(ctx)
+        self.left = left or []
+        self.asked: list[Mapping[str, str]] = []
+
+    @property
+    def profile(self) -> Profile:
+        return Profile(driver="fake")
+
+    def available(self) -> Availability:
+        return Availability(True)
+
+    def provision(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+    ) -> Sandbox:
+        raise AssertionError("exception_verdict must not provision")
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        self.asked.append(dict(labels))
+        return list(self.left)
+
+
+def make_cell(
+    tmp_path: Path,
+    *,
+    expectation: str = "supported",
+    required: frozenset[str] = frozenset(),
+    left: list[str] | None = None,
+    case_id: str = "count.over",
+) -> Cell:
+    inventory = Inventory(host="h", gpus=(), simulated=True, source="test")
+    ctx = AdapterContext(inventory, GpuLeases(tmp_path), run_id="r1")
+    runtime = cast(Any, SimpleNamespace(settings=SimpleNamespace(required=required)))
+    return Cell("fake", FakeAdapter(ctx, left), BY_ID[case_id], expectation, runtime, inventory)
+
+
+def test_rejection_expected_by_the_profile_is_rejected(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, expectation="reject")
+    verdict, reason = exception_verdict(RequestRejected("too many GPUs"), cell)
+    assert verdict is Verdict.REJECTED
+    assert reason == "rejected by fake as the profile declares: too many GPUs"
+    assert cell.parsed["rejection"] == "too many GPUs"
+
+
+def test_rejection_checks_leftovers_with_the_cells_labels(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, expectation="reject", left=["container abc", "volume v1"])
+    verdict, reason = exception_verdict(RequestRejected("no"), cell)
+    assert verdict is Verdict.FAIL
+    assert reason == "rejected by fake, but left behind: container abc, volume v1"
+    adapter = cast(FakeAdapter, cell.adapter)
+    assert adapter.asked == [
+        {"dev.gpuconform.run": "r1", "dev.gpuconform.worker": "main", "dev.gpuconform.case": "count.over"}
+    ]
+
+
+def test_rejection_of_a_supported_request_fails(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, expectation="supported")
+    verdict, reason = exception_verdict(RequestRejected("refused", hint="upgrade"), cell)
+    assert verdict is Verdict.FAIL
+    assert reason == "fake rejected a request the profile declares supported: refused (hint: upgrade)"
+
+
+def test_validation_error_expected_to_reject_is_rejected_by_validation(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, expectation="reject", case_id="count.zero")
+    verdict, reason = exception_verdict(RequestError("gpu count must be greater than 0"), cell)
+    assert verdict is Verdict.REJECTED
+    assert reason == "rejected by validation as the profile declares: gpu count must be greater than 0"
+
+
+def test_validation_error_on_a_supported_case_fails(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, expectation="supported")
+    verdict, reason = exception_verdict(RequestError("bad"), cell)
+    assert verdict is Verdict.FAIL
+    assert reason == "validation rejected a request the profile declares supported: bad"
+
+
+def test_driver_unavailable_is_a_skip_when_not_required(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, required=frozenset({"docker"}))
+    verdict, reason = exception_verdict(DriverUnavailable("engine down"), cell)
+    assert verdict is Verdict.SKIP
+    assert reason == "driver not available: engine down"
+
+
+def test_driver_unavailable_is_an_error_when_required(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, required=frozenset({"fake"}))
+    verdict, reason = exception_verdict(DriverUnavailable("engine down"), cell)
+    assert verdict is Verdict.ERROR
+    assert reason == "required driver unavailable: engine down"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [SmiParseError("line 3: no UUID"), ProbeOutputError("line 3: no UUID")],
+    ids=["smi", "probe"],
+)
+def test_unparseable_evidence_is_inconclusive(tmp_path: Path, exc: Exception) -> None:
+    verdict, reason = exception_verdict(exc, make_cell(tmp_path))
+    assert verdict is Verdict.INCONCLUSIVE
+    assert reason == "could not parse the evidence: line 3: no UUID"
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (InfrastructureError("engine 500"), "InfrastructureError: engine 500"),
+        (
+            DeadlineExceeded("exec: deadline of 5s exceeded"),
+            "DeadlineExceeded: exec: deadline of 5s exceeded",
+        ),
+        (HarnessError("odd"), "HarnessError: odd"),
+    ],
+    ids=["infrastructure", "deadline", "harness"],
+)
+def test_infrastructure_failures_are_errors(tmp_path: Path, exc: Exception, reason: str) -> None:
+    assert exception_verdict(exc, make_cell(tmp_path)) == (Verdict.ERROR, reason)
+
+
+@pytest.mark.parametrize("expectation", ["supported", "reject"])
+def test_any_other_exception_is_a_harness_error(tmp_path: Path, expectation: str) -> None:
+    cell = make_cell(tmp_path, expectation=expectation)
+    verdict, reason = exception_verdict(KeyError("uuid"), cell)
+    assert verdict is Verdict.ERROR
+    assert reason == "harness error KeyError: 'uuid'"
+    assert not verdict.good
+
+
+def test_a_plain_value_error_is_not_mistaken_for_a_rejection(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, expectation="reject")
+    verdict, reason = exception_verdict(ValueError("int('x')"), cell)
+    assert (verdict, reason) == (Verdict.ERROR, "harness error ValueError: int('x')")
+    assert "rejection" not in cell.parsed
