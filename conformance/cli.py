@@ -221,8 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker.gpu_path=cdi"
     )
     run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
-    run.add_argument("-n", "--numprocesses", default="auto",
-                     help="pytest-xdist workers (default: auto; 0 runs in one process)")
+    run.add_argument(
+        "-n",
+        "--numprocesses",
+        default="auto",
+        help="pytest-xdist workers (default: auto; 0 runs in one process)",
+    )
     run.add_argument("--allure", metavar="DIR", help="also write Allure results (needs allure-pytest)")
     run.add_argument("pytest_args", nargs="*", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)

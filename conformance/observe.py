@@ -114,3 +114,32 @@ def expect_exactly(
     if len(uuids) != count:
         cell.fail(f"sandbox sees {len(uuids)} GPU(s), expected {count}", expected=count, seen=uuids)
     return uuids
+
+
+def expect_no_gpu(cell: Cell, sandbox: Sandbox, context: str) -> str:
+    """Fail unless the sandbox has no /dev/nvidiaN and nvidia-smi is absent or lists nothing.
+
+    Returns how the absence showed, for the verdict's reason. An nvidia-smi that neither lists
+    GPUs nor says there are none is ``inconclusive``, never a pass.
+    """
+    nodes = device_nodes(cell, sandbox)
+    if nodes:
+        cell.fail(
+            f"{context}: device nodes /dev/nvidia{sorted(nodes)} present", expected=[], seen=sorted(nodes)
+        )
+    result = cell.run(sandbox, ["nvidia-smi", "-L"])
+    if is_absent(result):
+        return "no /dev/nvidiaN and no nvidia-smi in the sandbox"
+    if result.exit_code == 0:
+        listed = parse_list(result.stdout)
+        if listed:
+            seen = tuple(g.uuid for g in listed)
+            cell.fail(f"{context}: the sandbox sees {len(listed)} GPU(s)", expected=[], seen=seen)
+        return "no /dev/nvidiaN; nvidia-smi -L reports 'No devices found.'"
+    if result.exit_code == 6 and "no devices were found" in result.stdout.lower():
+        return "no /dev/nvidiaN; nvidia-smi reports no devices (exit 6)"
+    code = result.exit_code if result.exit_code is not None else -1
+    cell.inconclusive(
+        f"{context}: nvidia-smi -L exited {code} ({nvml_error_name(code)}) without saying whether GPUs "
+        f"are visible: {(result.stderr or result.stdout).strip()[:200]}"
+    )

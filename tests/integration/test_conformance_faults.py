@@ -54,6 +54,8 @@ FAULTS = [
     ("uuid-mismatch:2", "device.each", "not in the host inventory"),
     ("fallen-off-bus:3", "smi.all", "GPU_IS_LOST"),
     ("fallen-off-bus:3", "device.each", "GPU_IS_LOST"),
+    ("missing-gpu:0", "smi.default", "missing"),
+    ("missing-gpu:0", "smi.nodes", "do not match"),
 ]
 
 

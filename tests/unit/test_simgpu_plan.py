@@ -139,3 +139,14 @@ def test_nvidia_kinds_are_refused(kind: str) -> None:
         cdi.cdi_spec(plan)
     with pytest.raises(cdi.CdiSafetyError):
         cdi.check_can_write(Path("/nonexistent/x.yaml"), kind)
+
+
+def test_missing_gpu_injects_nothing_of_that_gpu_but_stays_resolvable() -> None:
+    plan = plan_for("missing-gpu:1")
+    assert nodes(plan["devices"]["1"]) == []
+    assert mounts(plan["devices"]["1"]) == []
+    assert nodes(plan["devices"]["0"]) == gpu_nodes(0)
+    assert nodes(plan["devices"]["all"]) == gpu_nodes(0, 2, 3)
+    spec = cdi.cdi_spec(plan)
+    entry = next(d for d in spec["devices"] if d["name"] == "1")
+    assert entry["containerEdits"] == {"env": ["GPUCONFORM_SIM_EMPTY_DEVICE=1"]}
