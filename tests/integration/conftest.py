@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ class Run:
     exit_code: int
     output: str
     out_dir: Path
+    run_id: str
+
+    def containers(self) -> list[str]:
+        """This run's containers that still exist (other runs on the machine are not ours to judge)."""
+        return podman_containers(f"dev.gpuconform.run={self.run_id}")
 
     @property
     def results(self) -> dict[str, Any]:
@@ -35,7 +41,8 @@ class Run:
 def run_conformance(
     out_dir: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None
 ) -> Run:
-    """``pytest conformance`` in a subprocess, as a user would run it."""
+    """``pytest conformance`` in a subprocess, as a user would run it, under a known run id."""
+    run_id = "it" + secrets.token_hex(4)
     argv = [
         sys.executable,
         "-m",
@@ -51,9 +58,14 @@ def run_conformance(
         *args,
     ]
     proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "GPUCONFORM_RUN_ID": run_id, **(env or {})},
     )
-    return Run(proc.returncode, proc.stdout + proc.stderr, out_dir)
+    return Run(proc.returncode, proc.stdout + proc.stderr, out_dir, run_id)
 
 
 @pytest.fixture

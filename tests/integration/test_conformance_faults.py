@@ -11,7 +11,6 @@ import json
 import pytest
 
 from conformance.catalogue import CATALOGUE
-from tests.integration.conftest import podman_containers
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +35,7 @@ def test_healthy_h100x4_podman_column_is_green_and_reports_are_written(conforman
     for name in ("results.json", "matrix.json", "matrix.md", "matrix.html"):
         assert (run.out_dir / name).stat().st_size > 0, name
     assert "podman-count.2" in run.output or "podman" in (run.out_dir / "matrix.md").read_text()
-    assert not podman_containers(), "containers left behind"
+    assert not run.containers(), "containers left behind"
 
 
 def test_single_gpu_host_skips_what_needs_two_with_a_reason(conformance) -> None:  # type: ignore[no-untyped-def]
@@ -73,14 +72,22 @@ def test_each_fault_turns_its_case_red_with_evidence(  # type: ignore[no-untyped
     assert reason_part in record["reason"], record["reason"]
     assert record["commands"], "a failed case must carry the commands it ran"
     assert fault in json.dumps(run.results["inventory"]) or fault in run.results["faults"]
-    assert not podman_containers(), "containers left behind after a failing run"
+    assert not run.containers(), "containers left behind after a failing run"
 
 
 def test_qemu_guest_sees_the_wrong_gpu_the_fault_injects(conformance) -> None:  # type: ignore[no-untyped-def]
     """The same fault, through fw_cfg into a real guest booted under QEMU, reached over SSH."""
     run = conformance(
-        "--drivers", "qemu", "--require-driver", "qemu", "--sim", "h100x2",
-        "--sim-fault", "wrong-gpu:0", "-k", "device.each or smi.none",
+        "--drivers",
+        "qemu",
+        "--require-driver",
+        "qemu",
+        "--sim",
+        "h100x2",
+        "--sim-fault",
+        "wrong-gpu:0",
+        "-k",
+        "device.each or smi.none",
     )
     verdicts = run.verdicts("qemu")
     assert verdicts == {"device.each": "fail", "smi.none": "pass"}, run.output[-3000:]
@@ -139,12 +146,20 @@ def test_parallel_workers_share_gpus_through_leases(conformance) -> None:  # typ
     run = conformance("--drivers", "podman,host", "--sim", "h100x4", "-n", "2", "-k", "smi or count")
     assert run.exit_code == 0, run.output[-3000:]
     assert all(v in GOOD for v in run.verdicts("podman").values())
-    assert not podman_containers()
+    assert not run.containers()
 
 
 def test_cuda_unusable_turns_cuda_init_red_while_smi_stays_green(conformance) -> None:  # type: ignore[no-untyped-def]
-    run = conformance("--drivers", "podman", "--sim", "h100x4", "--sim-fault", "cuda-unusable:0",
-                      "-k", "smi.default or cuda.init or cuda.vectoradd")
+    run = conformance(
+        "--drivers",
+        "podman",
+        "--sim",
+        "h100x4",
+        "--sim-fault",
+        "cuda-unusable:0",
+        "-k",
+        "smi.default or cuda.init or cuda.vectoradd",
+    )
     verdicts = run.verdicts("podman")
     assert verdicts["smi.default"] == "pass", run.output[-2000:]
     assert verdicts["cuda.init"] == "fail"
@@ -166,6 +181,10 @@ def test_compute_cases_pass_marked_simulated_and_bandwidth_is_skipped(conformanc
 def test_two_gpu_host_keeps_concurrent_sandboxes_disjoint_and_refuses_a_third(conformance) -> None:  # type: ignore[no-untyped-def]
     run = conformance("--drivers", "podman", "--sim", "h100x2", "-k", "exclusive or env or release")
     assert run.exit_code == 0, run.output[-3000:]
-    assert run.verdicts("podman") == {"exclusive.concurrent": "pass", "env.escalation": "pass", "release": "pass"}
+    assert run.verdicts("podman") == {
+        "exclusive.concurrent": "pass",
+        "env.escalation": "pass",
+        "release": "pass",
+    }
     details = run.record("podman", "exclusive.concurrent")["details"]
     assert any("refused" in str(d.get("third", "")) for d in details), details

@@ -39,9 +39,13 @@ class Sim:
 
     def adapter(self, inventory: Inventory | None = None) -> DockerAdapter:
         leases = GpuLeases(self.base / "leases")
-        ctx = AdapterContext(inventory=inventory or self.host.inventory, leases=leases,
-                             run_id=f"it{secrets.token_hex(3)}", worker="gw0",
-                             options={"docker.host": self.dockerd.socket_url})
+        ctx = AdapterContext(
+            inventory=inventory or self.host.inventory,
+            leases=leases,
+            run_id=f"it{secrets.token_hex(3)}",
+            worker="gw0",
+            options={"docker.host": self.dockerd.socket_url},
+        )
         return DockerAdapter(ctx)
 
 
@@ -50,8 +54,14 @@ def bring_up(base: Path, *faults: str) -> Sim:
         pytest.skip("dockerd is not installed (apt-get install -y docker.io)")
     if os.geteuid() != 0:
         pytest.skip("the simulated host and a private dockerd need root")
-    host = SimHost.up("h100x4", faults=faults, instance=f"t{secrets.token_hex(4)}", base=base,
-                      cdi_dir=base / "cdi", owner_pid=os.getpid())
+    host = SimHost.up(
+        "h100x4",
+        faults=faults,
+        instance=f"t{secrets.token_hex(4)}",
+        base=base,
+        cdi_dir=base / "cdi",
+        owner_pid=os.getpid(),
+    )
     try:
         dockerd = PrivateDockerd.start(host.root, deadline=Deadline(60), data_root=base / "data")
     except BaseException:
@@ -136,8 +146,11 @@ def test_count_2_sees_two_distinct_gpus(adapter: DockerAdapter, busybox: str) ->
 @pytest.mark.parametrize("form", ["index", "cdi-index", "cdi-uuid"])
 def test_explicit_id_selects_that_gpu(sim: Sim, adapter: DockerAdapter, busybox: str, form: str) -> None:
     gpu1 = sim.host.inventory.gpus[1]
-    device_id = {"index": "1", "cdi-index": f"{sim.host.inventory.cdi_kind}=1",
-                 "cdi-uuid": f"{sim.host.inventory.cdi_kind}={gpu1.uuid}"}[form]
+    device_id = {
+        "index": "1",
+        "cdi-index": f"{sim.host.inventory.cdi_kind}=1",
+        "cdi-uuid": f"{sim.host.inventory.cdi_kind}={gpu1.uuid}",
+    }[form]
     with provision(adapter, GpuRequest.of_ids([device_id]), busybox) as sandbox:
         assert sandbox.granted == frozenset({gpu1.uuid})
         assert seen_uuids(sandbox) == [gpu1.uuid]
@@ -164,8 +177,10 @@ def test_gpu_request_with_image_env_all_sees_only_its_grant(adapter: DockerAdapt
 
 
 def test_concurrent_default_requests_get_disjoint_gpus(adapter: DockerAdapter, busybox: str) -> None:
-    with provision(adapter, GpuRequest.default(), busybox) as first, \
-            provision(adapter, GpuRequest.default(), busybox) as second:
+    with (
+        provision(adapter, GpuRequest.default(), busybox) as first,
+        provision(adapter, GpuRequest.default(), busybox) as second,
+    ):
         assert set(seen_uuids(first)).isdisjoint(seen_uuids(second))
 
 
@@ -178,9 +193,15 @@ def test_count_over_is_rejected_leaving_no_container(sim: Sim, adapter: DockerAd
 def test_hook_refusal_is_rejected_with_its_message_and_cleaned_up(sim: Sim, busybox: str) -> None:
     # An inventory that knows a 5th GPU the host's plan lacks: the adapter passes "4", the hook refuses.
     inv = sim.host.inventory
-    extra = replace(inv.gpus[3], index=4, uuid="GPU-99999999-9999-5999-9999-999999999999", minor=4,
-                    native_ids=default_native_ids(4, "GPU-99999999-9999-5999-9999-999999999999",
-                                                  inv.gpus[3].pci_bus_id, inv.cdi_kind))
+    extra = replace(
+        inv.gpus[3],
+        index=4,
+        uuid="GPU-99999999-9999-5999-9999-999999999999",
+        minor=4,
+        native_ids=default_native_ids(
+            4, "GPU-99999999-9999-5999-9999-999999999999", inv.gpus[3].pci_bus_id, inv.cdi_kind
+        ),
+    )
     adapter = sim.adapter(replace(inv, gpus=(*inv.gpus, extra)))
     with pytest.raises(RequestRejected, match="device error: 4: unknown device"):
         provision(adapter, GpuRequest.of_ids(["4"]), busybox)
@@ -202,8 +223,13 @@ def test_exec_has_a_hard_deadline(adapter: DockerAdapter, busybox: str) -> None:
 def test_gc_removes_labelled_leftovers(sim: Sim, adapter: DockerAdapter, busybox: str) -> None:
     client = docker.DockerClient(base_url=sim.dockerd.socket_url, timeout=30)
     try:  # what a killed run leaves: a labelled container nobody will close
-        client.containers.run(busybox, ["sleep", "2147483647"], detach=True, network="none",
-                              labels={LABEL_RUN: adapter.ctx.run_id})
+        client.containers.run(
+            busybox,
+            ["sleep", "2147483647"],
+            detach=True,
+            network="none",
+            labels={LABEL_RUN: adapter.ctx.run_id},
+        )
         assert len(adapter.leftovers({LABEL_RUN: adapter.ctx.run_id})) == 1
         assert len(adapter.gc(adapter.ctx.run_id)) == 1
         assert adapter.leftovers({LABEL_RUN: adapter.ctx.run_id}) == []

@@ -101,8 +101,11 @@ def test_all_name_injects_every_gpu(host: SimHost, image: str) -> None:
 
 def test_uuid_name_injects_that_gpu(host: SimHost, image: str) -> None:
     gpu = host.inventory.gpus[3]
-    proc = podman_run(image, [f"{host.cdi_kind}={gpu.uuid}"],
-                      "nvidia-smi --query-gpu=index,uuid,pci.bus_id --format=csv,noheader")
+    proc = podman_run(
+        image,
+        [f"{host.cdi_kind}={gpu.uuid}"],
+        "nvidia-smi --query-gpu=index,uuid,pci.bus_id --format=csv,noheader",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"0, {gpu.uuid}, 00000000:5D:00.0\n"
 
@@ -126,8 +129,9 @@ def test_without_a_device_nothing_is_injected(host: SimHost, image: str) -> None
 
 
 def test_injected_files_are_read_only(host: SimHost, image: str) -> None:
-    script = ("echo x > /run/gpuconform-sim/gpus/0 && echo writable; "
-              "echo x > /usr/bin/nvidia-smi && echo writable")
+    script = (
+        "echo x > /run/gpuconform-sim/gpus/0 && echo writable; echo x > /usr/bin/nvidia-smi && echo writable"
+    )
     proc = podman_run(image, [f"{host.cdi_kind}=0"], script)
     assert "writable" not in proc.stdout
     assert "Read-only file system" in proc.stderr
@@ -135,9 +139,11 @@ def test_injected_files_are_read_only(host: SimHost, image: str) -> None:
 
 def test_parsers_accept_the_output_seen_in_a_container(host: SimHost, image: str) -> None:
     smi = pytest.importorskip("workloads.nvidia_smi")
-    proc = podman_run(image, [f"{host.cdi_kind}=all"],
-                      "nvidia-smi --query-gpu=index,uuid,name,pci.bus_id,memory.total,driver_version "
-                      "--format=csv")
+    proc = podman_run(
+        image,
+        [f"{host.cdi_kind}=all"],
+        "nvidia-smi --query-gpu=index,uuid,name,pci.bus_id,memory.total,driver_version --format=csv",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = smi.parse_query(proc.stdout)
     assert [r["uuid"] for r in rows] == [g.uuid for g in host.inventory.gpus]
@@ -183,9 +189,16 @@ def test_host_path_is_honoured_without_major_minor(image: str, tmp_path: Path) -
     node = tmp_path / "zero"
     os.mknod(node, 0o020666, os.makedev(1, 5))
     instance = f"t{secrets.token_hex(4)}"
-    spec = {"cdiVersion": cdi.CDI_VERSION, "kind": f"sim.gpuconform.dev/{instance}",
-            "devices": [{"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0",
-                                                                          "hostPath": str(node)}]}}]}
+    spec = {
+        "cdiVersion": cdi.CDI_VERSION,
+        "kind": f"sim.gpuconform.dev/{instance}",
+        "devices": [
+            {
+                "name": "0",
+                "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0", "hostPath": str(node)}]},
+            }
+        ],
+    }
     path = cdi.spec_path(DEFAULT_CDI_DIR, instance)
     cdi.write_spec(spec, path)
     try:
