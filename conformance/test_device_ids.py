@@ -46,6 +46,8 @@ def test_device_each(cell: Cell) -> None:
 def test_device_uuid(cell: Cell) -> None:
     gpu = cell.inventory.gpus[min(1, len(cell.inventory.gpus) - 1)]
     ids = _ids(cell, gpu)
+    if cell.expectation == "reject":  # the driver must refuse ids of any form
+        cell.expect_rejection(GpuRequest.of_ids(ids[:1]))
     uuid_forms = [i for i in ids if gpu.uuid in i]
     index_forms = [i for i in ids if gpu.uuid not in i]
     if not uuid_forms or not index_forms:

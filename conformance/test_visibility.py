@@ -68,8 +68,14 @@ def test_smi_nodes(cell: Cell) -> None:
     sandbox = cell.shared(shape_request(cell, "default"))
     nodes = device_nodes(cell, sandbox)
     granted = sandbox.granted
-    if granted is None:  # the driver chose: learn which GPU from nvidia-smi, judged by smi.default
+    if granted is None:  # the driver chose: learn which GPUs from nvidia-smi, and hold it to the count
         granted = frozenset(g.uuid for g in list_gpus(cell, sandbox))
+        if len(granted) != sandbox.request.wanted:
+            cell.fail(
+                f"sandbox sees {len(granted)} GPU(s) for a request of {sandbox.request.wanted}",
+                expected=sandbox.request.wanted,
+                seen=sorted(granted),
+            )
     cell.granted = granted
     if getattr(cell.adapter, "node_minors_follow_host", True):
         expected = {g.minor for g in cell.inventory.gpus if g.uuid in granted}

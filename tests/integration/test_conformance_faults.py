@@ -188,3 +188,37 @@ def test_two_gpu_host_keeps_concurrent_sandboxes_disjoint_and_refuses_a_third(co
     }
     details = run.record("podman", "exclusive.concurrent")["details"]
     assert any("refused" in str(d.get("third", "")) for d in details), details
+
+
+def test_kubernetes_column_through_the_api_double_catches_an_extra_gpu(conformance) -> None:  # type: ignore[no-untyped-def]
+    """The real kubernetes client over HTTP to the double; pods run as Podman containers."""
+    healthy = conformance(
+        "--drivers",
+        "kubernetes",
+        "--require-driver",
+        "kubernetes",
+        "--sim",
+        "h100x4",
+        "-k",
+        "smi or count or device.each or device.invalid",
+    )
+    assert healthy.exit_code == 0, healthy.output[-3000:]
+    verdicts = healthy.verdicts("kubernetes")
+    assert verdicts["count.over"] == "rejected"
+    assert "Insufficient nvidia.com/gpu" in healthy.record("kubernetes", "count.over")["reason"]
+    assert verdicts["device.each"] == "rejected" and verdicts["smi.default"] == "pass"
+    assert "+kubedouble" in healthy.record("kubernetes", "smi.default")["versions"].get("kubernetes", "")
+    broken = conformance(
+        "--drivers",
+        "kubernetes",
+        "--sim",
+        "h100x4",
+        "--sim-fault",
+        "extra-gpu:0",
+        "-k",
+        "smi.default or smi.nodes",
+    )
+    assert broken.verdicts("kubernetes") == {"smi.default": "fail", "smi.nodes": "fail"}, broken.output[
+        -3000:
+    ]
+    assert not healthy.containers() and not broken.containers()

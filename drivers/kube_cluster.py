@@ -1,0 +1,209 @@
+"""Cluster-level calls of the kubernetes adapter: versions, GPU nodes, bounded deletes, gc.
+
+Kept apart from the adapter so the adapter module holds the pod lifecycle only. Every call
+carries ``_request_timeout``, and every "wait until gone" is a bounded poll: a GPU is free for the
+next pod only once the pod holding it is gone from the API, so ``release`` depends on these waits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from drivers.base import Deadline, DeadlineExceeded, DriverUnavailable, InfrastructureError
+from drivers.kube_diag import GPU_RESOURCE, api_error_message, as_plain
+
+__all__ = ["GPU_RESOURCE"]
+
+API_TIMEOUT_S = 10.0
+VERSION_TIMEOUT_S = 3.0
+POLL_S = 0.25
+MANAGED_BY = {"app.kubernetes.io/managed-by": "gpuconform"}
+# How the device plugin's DaemonSet is labelled by its Helm chart, by NVIDIA's static manifest,
+# and by the manifests in fixtures/kind (which carry both).
+DEVICE_PLUGIN_SELECTORS = ("app.kubernetes.io/name=nvidia-device-plugin", "name=nvidia-device-plugin-ds")
+
+
+def load_configuration(kubeconfig: str | None, context: str | None) -> Any:
+    """A client Configuration from ``kubeconfig`` (else $KUBECONFIG, ~/.kube/config, in-cluster)."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise DriverUnavailable(
+            "the kubernetes Python client is not installed", hint="pip install 'gpuconform[kubernetes]'"
+        ) from None
+    cfg = client.Configuration()
+    try:
+        if kubeconfig or os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().exists():
+            config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
+            )
+        else:
+            config.load_incluster_config(client_configuration=cfg)
+    except Exception as exc:  # ConfigException, missing file, bad YAML: all mean "no target"
+        raise DriverUnavailable(
+            f"no usable Kubernetes configuration: {str(exc).strip()[:200]}",
+            hint="pass --kubeconfig/--context, or create a kind cluster (`gpuconform cluster up --kind`)",
+        ) from None
+    cfg.retries = 0  # every call is bounded by its own timeout; no hidden retries
+    return cfg
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def server_versions(api_client: Any) -> dict[str, str]:
+    """The API server's version (raises when unreachable) and the device plugin's, if found."""
+    from kubernetes import client
+
+    info = as_plain(client.VersionApi(api_client).get_code(_request_timeout=VERSION_TIMEOUT_S))
+    versions = {"kubernetes": str(info.get("gitVersion") or "unknown")}
+    versions.update(device_plugin_versions(client.AppsV1Api(api_client)))
+    return versions
+
+
+def device_plugin_versions(apps: Any) -> dict[str, str]:
+    """The device plugin DaemonSet's image and DEVICE_LIST_STRATEGY, or why they are unknown."""
+    for selector in DEVICE_PLUGIN_SELECTORS:
+        try:
+            found = as_plain(
+                apps.list_daemon_set_for_all_namespaces(
+                    label_selector=selector, _request_timeout=VERSION_TIMEOUT_S
+                )
+            )
+        except Exception as exc:
+            return {"device_plugin": f"unknown ({api_error_message(exc)})"}
+        for ds in found.get("items") or []:
+            containers = (((ds.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+                "containers"
+            ) or []
+            for ctr in containers:
+                env = {e.get("name"): e.get("value") for e in ctr.get("env") or []}
+                return {
+                    "device_plugin": str(ctr.get("image")),
+                    "device_list_strategy": str(env.get("DEVICE_LIST_STRATEGY") or "default"),
+                }
+    return {"device_plugin": "not found (no DaemonSet labelled " + " or ".join(DEVICE_PLUGIN_SELECTORS) + ")"}
+
+
+def ensure_namespace(core: Any, namespace: str, labels: dict[str, str] | None) -> None:
+    """Create ``namespace`` with ``labels`` (already there is fine); with None, check it exists."""
+    if labels is None:
+        try:
+            core.read_namespace(namespace, _request_timeout=API_TIMEOUT_S)
+        except Exception as exc:
+            raise InfrastructureError(
+                f"namespace {namespace} is not usable: {api_error_message(exc)}",
+                hint="create it, or leave the namespace option out to get one per run",
+            ) from None
+        return
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}
+    try:
+        core.create_namespace(body, _request_timeout=API_TIMEOUT_S)
+    except Exception as exc:
+        if _status(exc) != 409:  # 409: another worker of this run made it first
+            raise InfrastructureError(
+                f"creating namespace {namespace} failed: {api_error_message(exc)}"
+            ) from None
+
+
+def gpu_nodes(core: Any) -> dict[str, int]:
+    """Allocatable ``nvidia.com/gpu`` per node."""
+    nodes = as_plain(core.list_node(_request_timeout=API_TIMEOUT_S))
+    out: dict[str, int] = {}
+    for node in nodes.get("items") or []:
+        name = str((node.get("metadata") or {}).get("name"))
+        value = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
+        try:
+            out[name] = int(str(value))
+        except ValueError:
+            out[name] = 0
+    return out
+
+
+def delete_and_wait(core: Any, namespace: str, name: str, deadline: Deadline) -> None:
+    """Delete pod ``name`` with grace 0 and poll until the API no longer has it."""
+    try:
+        core.delete_namespaced_pod(
+            name, namespace, grace_period_seconds=0, _request_timeout=deadline.cap(API_TIMEOUT_S)
+        )
+    except Exception as exc:
+        if _status(exc) == 404:
+            return
+        raise InfrastructureError(
+            f"deleting pod {namespace}/{name} failed: {api_error_message(exc)}"
+        ) from None
+    wait_gone(
+        lambda: core.read_namespaced_pod(name, namespace, _request_timeout=deadline.cap(API_TIMEOUT_S)),
+        f"pod {namespace}/{name}",
+        deadline,
+    )
+
+
+def wait_gone(read: Any, what: str, deadline: Deadline) -> None:
+    while True:
+        try:
+            read()
+        except Exception as exc:
+            if _status(exc) == 404:
+                return
+            raise InfrastructureError(
+                f"checking that {what} is gone failed: {api_error_message(exc)}"
+            ) from None
+        if deadline.expired:
+            raise DeadlineExceeded(
+                f"{what} still exists {deadline.seconds:.0f}s after its deletion",
+                hint="a finalizer or a stuck kubelet holds it; its GPUs are not free",
+            )
+        time.sleep(min(POLL_S, deadline.remaining))
+
+
+def labelled_pods(core: Any, selector: str, namespace: str | None = None) -> list[tuple[str, str]]:
+    """(namespace, name) of the pods matching ``selector``, in one namespace or all."""
+    if namespace:
+        found = core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=API_TIMEOUT_S)
+    else:
+        found = core.list_pod_for_all_namespaces(label_selector=selector, _request_timeout=API_TIMEOUT_S)
+    items = as_plain(found).get("items") or []
+    return [(str(p["metadata"]["namespace"]), str(p["metadata"]["name"])) for p in items]
+
+
+def delete_labelled_pods(
+    core: Any, selector: str, deadline: Deadline, namespace: str | None = None
+) -> list[str]:
+    gone = []
+    for ns, name in labelled_pods(core, selector, namespace):
+        delete_and_wait(core, ns, name, deadline)
+        gone.append(f"pod/{ns}/{name}")
+    return gone
+
+
+def delete_namespace(core: Any, namespace: str, deadline: Deadline) -> list[str]:
+    """Delete ``namespace`` (its pods go with it) and wait until it is gone."""
+    try:
+        core.delete_namespace(namespace, _request_timeout=deadline.cap(API_TIMEOUT_S))
+    except Exception as exc:
+        if _status(exc) == 404:
+            return []
+        raise InfrastructureError(
+            f"deleting namespace {namespace} failed: {api_error_message(exc)}"
+        ) from None
+    wait_gone(
+        lambda: core.read_namespace(namespace, _request_timeout=deadline.cap(API_TIMEOUT_S)),
+        f"namespace {namespace}",
+        deadline,
+    )
+    return [f"namespace/{namespace}"]
+
+
+def gc(core: Any, selector: str, deadline: Deadline) -> list[str]:
+    """Delete the pods and namespaces matching ``selector`` (the harness's run label)."""
+    gone = delete_labelled_pods(core, selector, deadline)
+    found = as_plain(core.list_namespace(label_selector=selector, _request_timeout=API_TIMEOUT_S))
+    for ns in found.get("items") or []:
+        gone += delete_namespace(core, str(ns["metadata"]["name"]), deadline)
+    return gone

@@ -1,0 +1,318 @@
+"""The kubernetes adapter: sandboxes are pods that ask the NVIDIA device plugin for ``nvidia.com/gpu``.
+
+Pods request GPUs by count only (``resources.limits``), with no runtimeClassName unless asked:
+with the device plugin's ``deviceListStrategy: cdi-cri`` the kubelet passes CDI device names to
+the runtime and no NVIDIA runtime class is needed on GPU pods (seeds/002). The scheduler picks the
+GPUs, so ``granted`` is None and the ground truth per node comes from a probe pod that takes all
+of a node's GPUs (``node_gpu_uuids``). Pods and the wait for Running are in kube_pods, pod-state
+reading in kube_diag, exec in kube_exec, cluster-wide calls (versions, nodes, gc) in kube_cluster.
+
+The client is created on first use from ``kubernetes.kubeconfig`` / ``kubernetes.context`` (or
+the default kubeconfig, or in-cluster config). Every API call carries ``_request_timeout``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from drivers import kube_cluster as cluster
+from drivers.base import (
+    LABEL_CASE,
+    LABEL_RUN,
+    Adapter,
+    AdapterContext,
+    Availability,
+    Deadline,
+    DriverUnavailable,
+    HarnessError,
+    InfrastructureError,
+    Profile,
+    RequestRejected,
+)
+from drivers.kube_diag import api_error_message, collect_diagnostics, list_events
+from drivers.kube_pods import (
+    DELETE_WAIT_S,
+    PodSandbox,
+    StartJudge,
+    build_pod_manifest,
+    dns_label,
+    label_value,
+    run_namespace,
+    wait_running,
+)
+from drivers.request import GpuRequest
+
+OPT_KUBECONFIG = "kubernetes.kubeconfig"
+OPT_CONTEXT = "kubernetes.context"
+OPT_NAMESPACE = "kubernetes.namespace"
+OPT_RUNTIME_CLASS = "kubernetes.runtime_class"
+OPT_PULL_POLICY = "kubernetes.image_pull_policy"
+OPT_UNSCHEDULABLE_WAIT = "kubernetes.unschedulable_wait"
+# How long a pod that fits the node's allocatable GPUs may stay unschedulable (waiting for other
+# pods to release theirs) before the request is rejected. A count above every node's allocatable
+# is rejected as soon as the scheduler reports it.
+DEFAULT_UNSCHEDULABLE_WAIT_S = 20.0
+DEVICE_IDS_UNSUPPORTED = "kubernetes selects GPUs by count only; device ids are not supported"
+
+PROFILE = Profile(
+    driver="kubernetes",
+    cases={"device.*": "reject"},
+    exclusive=True,
+    oversubscribe="reject",
+    notes="pods request nvidia.com/gpu by count (device plugin, cdi-cri); the scheduler picks the GPUs",
+)
+
+
+class KubernetesAdapter(Adapter):
+    name = "kubernetes"
+    id_scheme = ""  # no native ids: requests are counts
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        super().__init__(ctx)
+        self._configuration: Any = None
+        self._core: Any = None
+        self._seq = itertools.count(1)
+        self._namespace_ready = False
+        self._versions: dict[str, str] = {}
+
+    @property
+    def profile(self) -> Profile:
+        return PROFILE
+
+    @property
+    def namespace(self) -> str:
+        return self.ctx.options.get(OPT_NAMESPACE) or run_namespace(self.ctx.run_id)
+
+    @property
+    def owns_namespace(self) -> bool:
+        return not self.ctx.options.get(OPT_NAMESPACE)
+
+    # -- client -------------------------------------------------------------------------------
+    def configuration(self) -> Any:
+        """The client Configuration, loaded on first use (never at import)."""
+        if self._configuration is None:
+            self._configuration = cluster.load_configuration(
+                self.ctx.options.get(OPT_KUBECONFIG) or None, self.ctx.options.get(OPT_CONTEXT) or None
+            )
+        return self._configuration
+
+    def core(self) -> Any:
+        if self._core is None:
+            from kubernetes import client
+
+            self._core = client.CoreV1Api(client.ApiClient(self.configuration()))
+        return self._core
+
+    # -- discovery ----------------------------------------------------------------------------
+    def available(self) -> Availability:
+        try:
+            core = self.core()
+            versions = cluster.server_versions(core.api_client)
+        except DriverUnavailable as exc:
+            return Availability(False, str(exc))
+        except Exception as exc:
+            return Availability(
+                False,
+                f"Kubernetes API not reachable within {cluster.VERSION_TIMEOUT_S:.0f}s: "
+                f"{api_error_message(exc)}",
+            )
+        try:
+            nodes = self.gpu_nodes()
+        except Exception as exc:
+            return Availability(False, f"cannot list nodes: {api_error_message(exc)}", versions)
+        versions[cluster.GPU_RESOURCE] = ",".join(f"{n}={c}" for n, c in sorted(nodes.items())) or "none"
+        self._versions = versions
+        if not any(nodes.values()):
+            return Availability(
+                False,
+                f"no node has allocatable {cluster.GPU_RESOURCE} (is the NVIDIA device plugin running?)",
+                versions,
+            )
+        return Availability(True, "", versions)
+
+    def gpu_nodes(self) -> dict[str, int]:
+        """Allocatable ``nvidia.com/gpu`` per node (nodes without any are listed with 0)."""
+        return cluster.gpu_nodes(self.core())
+
+    def allocatable_gpus(self, node: str) -> int:
+        return self.gpu_nodes().get(node, 0)
+
+    # -- provisioning -------------------------------------------------------------------------
+    def provision(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+    ) -> PodSandbox:
+        req.validate()
+        if req.device_ids:
+            named = ", ".join(repr(i) for i in req.device_ids)
+            raise RequestRejected(
+                f"{DEVICE_IDS_UNSUPPORTED} (got {named})", hint="request a count (limits nvidia.com/gpu: N)"
+            )
+        return self.start_pod(req, image=image, labels=labels, deadline=deadline, env=env)
+
+    def start_pod(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+        node: str | None = None,
+    ) -> PodSandbox:
+        """Create a pod for ``req`` (optionally pinned to ``node``) and wait until it runs.
+
+        Any failure after the create deletes the pod again; the raised error carries
+        ``.diagnostics`` (describe, events, logs) when the pod existed.
+        """
+        if not image:
+            raise InfrastructureError(
+                "no image for the kubernetes sandbox",
+                hint="pass --image busybox=<ref> (the image must be pullable by the nodes)",
+            )
+        start = time.monotonic()
+        core = self.core()
+        self._ensure_namespace()
+        name = f"gpuconform-{dns_label(self.ctx.worker, 12)}-{next(self._seq)}-{secrets.token_hex(3)}"
+        manifest = build_pod_manifest(
+            name,
+            self.namespace,
+            image=image,
+            gpus=req.wanted,
+            labels={**self.ctx.labels, **labels},
+            env=env,
+            runtime_class=self.ctx.options.get(OPT_RUNTIME_CLASS, ""),
+            pull_policy=self.ctx.options.get(OPT_PULL_POLICY) or "IfNotPresent",
+            node=node,
+        )
+        try:
+            core.create_namespaced_pod(
+                self.namespace, manifest, _request_timeout=deadline.cap(cluster.API_TIMEOUT_S)
+            )
+        except Exception as exc:
+            raise InfrastructureError(
+                f"creating pod {self.namespace}/{name} failed: {api_error_message(exc)}"
+            ) from None
+        bound = float(self.ctx.options.get(OPT_UNSCHEDULABLE_WAIT) or DEFAULT_UNSCHEDULABLE_WAIT_S)
+        judge = StartJudge(
+            f"{self.namespace}/{name}",
+            req.wanted,
+            bound,
+            largest_node=lambda: max(self.gpu_nodes().values(), default=0),
+            events=lambda: list_events(core, self.namespace, name, deadline.cap(cluster.API_TIMEOUT_S)),
+        )
+        try:
+            pod = wait_running(core, self.namespace, name, judge, deadline)
+        except BaseException as exc:
+            diagnostics = collect_diagnostics(core, self.namespace, name)
+            try:
+                self.delete_pod(name, Deadline(DELETE_WAIT_S))
+            except HarnessError as cleanup:
+                diagnostics["cleanup"] = str(cleanup)
+            if isinstance(exc, HarnessError):
+                exc.diagnostics = diagnostics  # type: ignore[attr-defined]
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            err = InfrastructureError(f"waiting for pod {self.namespace}/{name}: {api_error_message(exc)}")
+            err.diagnostics = diagnostics  # type: ignore[attr-defined]
+            raise err from None
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        versions = {**self._versions, "node": str(node_name)}
+        timings = {"provision_s": round(time.monotonic() - start, 3)}
+        return PodSandbox(self, self.namespace, name, req, node_name, versions, timings)
+
+    def _ensure_namespace(self) -> None:
+        if not self._namespace_ready:
+            labels = {LABEL_RUN: label_value(self.ctx.run_id), **cluster.MANAGED_BY}
+            cluster.ensure_namespace(self.core(), self.namespace, labels if self.owns_namespace else None)
+            self._namespace_ready = True
+
+    # -- teardown -----------------------------------------------------------------------------
+    def delete_pod(self, name: str, deadline: Deadline, namespace: str | None = None) -> None:
+        """Delete with grace 0 and wait until the pod is gone (its GPUs are free only then)."""
+        cluster.delete_and_wait(self.core(), namespace or self.namespace, name, deadline)
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        selector = ",".join(f"{k}={label_value(v)}" for k, v in sorted(labels.items()))
+        return [f"pod/{ns}/{n}" for ns, n in cluster.labelled_pods(self.core(), selector, self.namespace)]
+
+    def gc(self, run_id: str | None = None) -> list[str]:
+        selector = f"{LABEL_RUN}={label_value(run_id)}" if run_id else LABEL_RUN
+        return cluster.gc(self.core(), selector, Deadline(DELETE_WAIT_S))
+
+    def teardown_run(self, deadline: Deadline | None = None) -> list[str]:
+        """End of session: delete this run's namespace (or, in a given namespace, its pods)."""
+        deadline = deadline or Deadline(120)
+        if self.owns_namespace:
+            gone = cluster.delete_namespace(self.core(), self.namespace, deadline)
+            self._namespace_ready = False
+            return gone
+        selector = f"{LABEL_RUN}={label_value(self.ctx.run_id)}"
+        return cluster.delete_labelled_pods(self.core(), selector, deadline, self.namespace)
+
+    # -- ground truth and release -------------------------------------------------------------
+    def node_gpu_uuids(
+        self, *, image: str = "", deadline: Deadline | None = None
+    ) -> dict[str, frozenset[str]]:
+        """Per GPU node: the UUIDs a probe pod taking all of its allocatable GPUs sees.
+
+        Run while the nodes are idle; a busy node is an InfrastructureError, not a guess.
+        """
+        deadline = deadline or Deadline(180)
+        image = image or self.image_for("busybox")
+        out: dict[str, frozenset[str]] = {}
+        for node, count in sorted(self.gpu_nodes().items()):
+            if count <= 0:
+                continue
+            try:
+                sandbox = self.start_pod(
+                    GpuRequest.of_count(count),
+                    image=image,
+                    labels={LABEL_CASE: "ground-truth"},
+                    deadline=deadline,
+                    node=node,
+                )
+            except RequestRejected as exc:
+                raise InfrastructureError(
+                    f"node {node} is not idle: a probe pod for its {count} GPUs "
+                    f"was not scheduled ({exc.message})"
+                ) from None
+            with sandbox:
+                result = sandbox.exec(
+                    ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], timeout=deadline.cap(60.0)
+                )
+            if not result.ok:
+                raise InfrastructureError(
+                    f"nvidia-smi in the probe pod on {node} failed "
+                    f"(exit {result.exit_code}): {result.stderr.strip()[:200]}"
+                )
+            out[node] = frozenset(
+                line.strip()
+                for line in result.stdout.splitlines()
+                if line.strip().startswith(("GPU-", "MIG-"))
+            )
+        return out
+
+    def schedules(self, count: int, *, image: str, deadline: Deadline) -> bool:
+        """Whether a pod with ``count`` GPUs is scheduled now (for ``release``); it is deleted again."""
+        try:
+            sandbox = self.start_pod(
+                GpuRequest.of_count(count),
+                image=image,
+                labels={LABEL_CASE: "release-check"},
+                deadline=deadline,
+            )
+        except RequestRejected:
+            return False
+        sandbox.close()
+        return True
