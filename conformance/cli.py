@@ -186,6 +186,12 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from fixtures.kind.cluster import main as kind_main
+
+    return kind_main([args.action, *[a for a in args.kind_args if a != "--kind"]])
+
+
 def cmd_drivers(args: argparse.Namespace) -> int:
     from drivers.registry import known_drivers
 
@@ -270,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--kinds", help="comma-separated kinds (default: all)")
     images.add_argument("--guest", action="store_true", help="also build the QEMU guest kernel+initramfs")
     images.set_defaults(func=cmd_images)
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="create or delete a kind cluster with the host's GPUs and the NVIDIA device plugin",
+        epilog="Options after the action go to the kind helper: --name, --gpus, --workdir, "
+        "--device-plugin-image, --load-image. See docs/kubernetes.md.",
+    )
+    cluster.add_argument("action", choices=["up", "down", "render"])
+    cluster.add_argument("--kind", action="store_true", help="use kind (the only kind of cluster created)")
+    cluster.add_argument("kind_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    cluster.set_defaults(func=cmd_cluster)
 
     drivers = sub.add_parser("drivers", help="list the drivers this installation knows")
     drivers.set_defaults(func=cmd_drivers)
