@@ -81,6 +81,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(pytest.main(argv))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The bandwidth-parity benchmark: cuda.bandwidth on each adapter, ratios to the bare host."""
+    from reports.bandwidth import bandwidth_table
+    from reports.evidence import read_results
+
+    args.k = "cuda.bandwidth"
+    code = cmd_run(args)
+    results = Path(args.out) / "results.json"
+    if results.exists():
+        print(bandwidth_table(read_results(results)[1]))
+    return code
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from fixtures.simgpu.host import SimHost
 
@@ -236,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allure", metavar="DIR", help="also write Allure results (needs allure-pytest)")
     run.add_argument("pytest_args", nargs="*", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser(
+        "bench",
+        help="bandwidth parity: sandbox/host copy-bandwidth ratios per adapter and metric",
+        description="Runs cuda.bandwidth on each adapter (the same probe on the bare host, restricted "
+        "to the sandbox's GPUs, is the baseline in the same run) and prints the ratios per metric. "
+        "On a simulated host the ratios are informational and never judged.",
+    )
+    for action in run._actions:
+        if action.dest not in ("help", "k"):
+            bench._add_action(action)
+    bench.set_defaults(func=cmd_bench)
 
     sim = sub.add_parser("sim", help="start, stop or inspect a simulated GPU host")
     sim.add_argument("action", choices=["up", "down", "status", "gc"])

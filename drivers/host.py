@@ -10,6 +10,7 @@ the host-side copies of the simulated nodes and descriptors.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -17,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from drivers.base import (
-    Expectation,
     Adapter,
     AdapterContext,
     Availability,
     Deadline,
     ExecResult,
+    Expectation,
     InfrastructureError,
     Profile,
     Sandbox,
@@ -40,7 +41,7 @@ class HostSandbox(Sandbox):
     """Commands run directly on the host; files the harness copies go to a private scratch dir."""
 
     def __init__(self, adapter: HostAdapter, req: GpuRequest, selection: Selection) -> None:
-        self.id = f"host-{adapter.ctx.run_id}"
+        self.id = f"host-{adapter.ctx.run_id}-{secrets.token_hex(3)}"
         self.driver = "host"
         self.request = req
         self.granted = selection.granted

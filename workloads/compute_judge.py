@@ -12,7 +12,7 @@ or timeout is ``error`` and is decided by the caller; unparseable output is ``in
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,3 +292,23 @@ def judge_bandwidth(
     lows = {m: min(r[m] for r in parsed["ratios"].values()) for m in thresholds}
     summary = ", ".join(f"{m} {v:.2f}" for m, v in lows.items())
     return Judgement(PASS, f"every sandbox/host ratio at or above its threshold (lowest: {summary})", parsed)
+
+
+def bandwidth_ratios(
+    sandbox_doc: Mapping[str, Any], host_doc: Mapping[str, Any], metrics: Iterable[str] = BANDWIDTH_METRICS
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per GPU and metric: the sandbox and host medians and their ratio, judged or not.
+
+    On a simulated host these are numpy copy speeds (the harness's own overhead, not PCIe or
+    HBM): recorded for the benchmark's report, never turned into a verdict.
+    """
+    host_by_uuid = {str(d.get("uuid")).lower(): d for d in host_doc.get("devices", [])}
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for device in sandbox_doc.get("devices", []):
+        uuid = str(device.get("uuid"))
+        host = host_by_uuid.get(uuid.lower(), {})
+        for metric in metrics:
+            mine, base = _median(device, metric), _median(host, metric)
+            ratio = mine / base if mine is not None and base is not None else None
+            out.setdefault(uuid, {})[metric] = {"sandbox": mine, "host": base, "ratio": ratio}
+    return out
