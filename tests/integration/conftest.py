@@ -55,6 +55,10 @@ def run_conformance(
         str(REPO),
         "--out",
         str(out_dir),
+        # The simulated hosts of all runs share UUIDs; private leases keep another run on this
+        # machine from taking "GPU 0" away from a test that injects a fault into GPU 0.
+        "--lease-dir",
+        str(out_dir.parent / "leases"),
         *args,
     ]
     proc = subprocess.run(

@@ -56,6 +56,8 @@ def _start_run(out: Path) -> subprocess.Popen[str]:
         "h100x4",
         "-k",
         "device",
+        "--lease-dir",
+        str(out.parent / "leases"),
     ]
     return subprocess.Popen(
         argv,
