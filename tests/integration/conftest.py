@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from drivers.base import Deadline
+from fixtures.images import ensure_image
+from fixtures.simgpu.podman_config import PodmanConfigError, ensure_containers_conf, podman_info_ok
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,3 +94,21 @@ def podman_containers(label: str = "dev.gpuconform.run") -> list[str]:
         check=True,
     )
     return proc.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The busybox image in Podman, with Podman configured; a skip (a failure under CI) otherwise."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (apt-get install -y podman)")
+    if os.geteuid() != 0:
+        pytest.skip("the simulated host needs root (mknod) and rootful podman")
+    ok, detail = podman_info_ok()
+    if not ok:
+        try:
+            ensure_containers_conf()
+        except PodmanConfigError as exc:
+            pytest.fail(f"podman does not work ({detail}) and its config cannot be fixed: {exc}")
+        ok, detail = podman_info_ok()
+        assert ok, detail
+    return ensure_image("podman", "busybox", deadline=Deadline(300))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,30 +29,10 @@ from drivers.leases import GpuLeases
 from drivers.request import GpuRequest
 from fixtures.kubedouble import KubeDouble
 from fixtures.simgpu.host import SimHost
-from fixtures.simgpu.podman_config import PodmanConfigError, ensure_containers_conf, podman_info_ok
 
 pytestmark = pytest.mark.integration
 COUNT_OVER_BOUND_S = 5.0  # what this test holds count.over to against the double
 SMI_UUIDS = ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"]
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install -y podman)")
-    if os.geteuid() != 0:
-        pytest.skip("the simulated host needs root (mknod) and rootful podman")
-    ok, detail = podman_info_ok()
-    if not ok:
-        try:
-            ensure_containers_conf()
-        except PodmanConfigError as exc:
-            pytest.fail(f"podman does not work ({detail}) and its config cannot be fixed: {exc}")
-        ok, detail = podman_info_ok()
-        assert ok, detail
-    from fixtures.images import ensure_image
-
-    return ensure_image("podman", "busybox", deadline=Deadline(300))
 
 
 def _sim(*faults: str) -> SimHost:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,32 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.base import Deadline
 from fixtures.simgpu import cdi
 from fixtures.simgpu.host import DEFAULT_CDI_DIR, SimHost
-from fixtures.simgpu.podman_config import PodmanConfigError, ensure_containers_conf, podman_info_ok
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install -y podman)")
-    if os.geteuid() != 0:
-        pytest.skip("the simulated host needs root (mknod) and rootful podman")
-    ok, detail = podman_info_ok()
-    if not ok:
-        try:
-            ensure_containers_conf()
-        except PodmanConfigError as exc:
-            pytest.fail(f"podman does not work ({detail}) and its config cannot be fixed: {exc}")
-        ok, detail = podman_info_ok()
-        assert ok, detail
-    from fixtures.images import ensure_image
-
-    return ensure_image("podman", "busybox", deadline=Deadline(300))
 
 
 def _up(*faults: str) -> SimHost:
