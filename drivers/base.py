@@ -207,6 +207,9 @@ class Adapter(abc.ABC):
     id_scheme: str = ""
     # Image kinds the adapter runs: "busybox" for nvidia-smi cases, "python" for compute.
     default_images: Mapping[str, str] = {}
+    # Whether /dev/nvidiaN inside is the host's node (containers bind the host's nodes). A VM's
+    # guest driver numbers its own, so smi.nodes can only hold it to the count.
+    node_minors_follow_host: bool = True
 
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx

@@ -173,6 +173,7 @@ class QemuSandbox(Sandbox):
 class QemuAdapter(Adapter):
     name = "qemu"
     id_scheme = SCHEME_PCI
+    node_minors_follow_host = False  # the guest driver numbers its own /dev/nvidiaN
     single = False
 
     def __init__(self, ctx: AdapterContext) -> None:
