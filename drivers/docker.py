@@ -72,8 +72,9 @@ class DockerSandbox(Sandbox):
             exec_id = api.exec_create(self.id, list(argv), stdout=True, stderr=True, stdin=False)["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except ENGINE_ERRORS as exc:
-            raise InfrastructureError(f"docker exec {argv[0] if argv else ''} in {self.id[:12]} failed: "
-                                      f"{one_line(exc)}") from None
+            raise InfrastructureError(
+                f"docker exec {argv[0] if argv else ''} in {self.id[:12]} failed: {one_line(exc)}"
+            ) from None
         stdout, stderr, timed_out = wire.read_multiplexed(sock, deadline)
         if timed_out:
             return ExecResult(tuple(argv), None, stdout, stderr, time.monotonic() - start, timed_out=True)
@@ -234,8 +235,15 @@ class DockerAdapter(Adapter):
         sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
         return sandbox
 
-    def _start(self, req: GpuRequest, selection: Selection, image: str, labels: Mapping[str, str],
-               env: Mapping[str, str] | None, deadline: Deadline) -> Any:
+    def _start(
+        self,
+        req: GpuRequest,
+        selection: Selection,
+        image: str,
+        labels: Mapping[str, str],
+        env: Mapping[str, str] | None,
+        deadline: Deadline,
+    ) -> Any:
         from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import DockerContainer
 
@@ -243,16 +251,22 @@ class DockerAdapter(Adapter):
         self._require_image(image)  # testcontainers would try to pull a missing one
         container = None
         try:
-            container = DockerContainer(
-                image, env=dict(env or {}),
-                docker_client_kw={"environment": {"DOCKER_HOST": self.base_url},
-                                  "timeout": deadline.cap(self.api_timeout)},
-            ).with_command(list(KEEPALIVE)).with_name(
-                wire.container_name(self.ctx.run_id, secrets.token_hex(3))
-            ).with_kwargs(
-                labels={**self.ctx.labels, **labels, f"{LABEL_PREFIX}.owner": "gpuconform"},
-                network="none",  # sandboxes need no network; keeps testcontainers from guessing one
-                device_requests=wire.device_requests(self.gpu_path, selection.ids),
+            container = (
+                DockerContainer(
+                    image,
+                    env=dict(env or {}),
+                    docker_client_kw={
+                        "environment": {"DOCKER_HOST": self.base_url},
+                        "timeout": deadline.cap(self.api_timeout),
+                    },
+                )
+                .with_command(list(KEEPALIVE))
+                .with_name(wire.container_name(self.ctx.run_id, secrets.token_hex(3)))
+                .with_kwargs(
+                    labels={**self.ctx.labels, **labels, f"{LABEL_PREFIX}.owner": "gpuconform"},
+                    network="none",  # sandboxes need no network; keeps testcontainers from guessing one
+                    device_requests=wire.device_requests(self.gpu_path, selection.ids),
+                )
             )
             container.start()
             return container
@@ -270,8 +284,10 @@ class DockerAdapter(Adapter):
         try:
             self.client().images.get(image)
         except docker.errors.ImageNotFound:
-            raise InfrastructureError(f"image {image} is not in the engine at {self.base_url}",
-                                      hint="gpuconform images build, or pass --image") from None
+            raise InfrastructureError(
+                f"image {image} is not in the engine at {self.base_url}",
+                hint="gpuconform images build, or pass --image",
+            ) from None
         except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"docker image lookup of {image} failed: {one_line(exc)}") from None
 

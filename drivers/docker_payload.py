@@ -63,8 +63,11 @@ def cdi_spec_dirs(info: Mapping[str, Any]) -> list[str]:
 
 def discovered_cdi_devices(info: Mapping[str, Any]) -> list[str]:
     """CDI device names the engine reports (``DiscoveredDevices``, API >= 1.48), if any."""
-    return [str(d.get("ID", "")) for d in info.get("DiscoveredDevices") or []
-            if isinstance(d, Mapping) and str(d.get("Source", "")).lower() == "cdi"]
+    return [
+        str(d.get("ID", ""))
+        for d in info.get("DiscoveredDevices") or []
+        if isinstance(d, Mapping) and str(d.get("Source", "")).lower() == "cdi"
+    ]
 
 
 def choose_gpu_path(
@@ -112,7 +115,7 @@ def profile_for(path: str) -> Profile:
     how = {
         GPU_PATH_CDI: "CDI device names through DeviceRequest(driver=cdi); the engine resolves them",
         GPU_PATH_LEGACY: "DeviceRequest(capabilities=[[gpu]]) -> NVIDIA_VISIBLE_DEVICES + "
-                         "nvidia-container-runtime-hook; CDI names mapped to index/UUID",
+        "nvidia-container-runtime-hook; CDI names mapped to index/UUID",
     }
     return Profile(
         driver="docker",

@@ -55,8 +55,9 @@ CONSOLE_KEEP = 64 * 1024
 class QemuSandbox(Sandbox):
     """One VM. ``console_log`` is the guest's serial console (kept in memory after close)."""
 
-    def __init__(self, adapter: QemuAdapter, req: GpuRequest, lease: Lease, image_kind: str,
-                 env: Mapping[str, str]) -> None:
+    def __init__(
+        self, adapter: QemuAdapter, req: GpuRequest, lease: Lease, image_kind: str, env: Mapping[str, str]
+    ) -> None:
         self.adapter = adapter
         self.driver = adapter.name
         self.request = req
@@ -89,8 +90,9 @@ class QemuSandbox(Sandbox):
         fw_cfg = guest.write_keys(self.dir, keys)
         self._site = self.adapter.vfio_site()
         for gpu in self.gpus:  # real or fake sysfs: bind and release always run
-            self._bindings.append(self._site.bind(gpu.pci_bus_id, run_id=self.adapter.ctx.run_id,
-                                                  deadline=deadline))
+            self._bindings.append(
+                self._site.bind(gpu.pci_bus_id, run_id=self.adapter.ctx.run_id, deadline=deadline)
+            )
         passthrough: tuple[str, ...] = ()
         if self.adapter.simulated:
             payload = guest.sim_payload(self.adapter.ctx, self.gpus)
@@ -103,8 +105,16 @@ class QemuSandbox(Sandbox):
         disks, extra = guest.boot_disks(self.adapter.ctx.options, image, self.image_kind, deadline)
         stderr_log = self.dir / "qemu.stderr"
         for attempt in range(PORT_ATTEMPTS):
-            spec = self.adapter.vm_spec(self.id, image, image.append + extra, vm.free_port(), self.dir,
-                                        passthrough, tuple(fw_cfg), disks)
+            spec = self.adapter.vm_spec(
+                self.id,
+                image,
+                image.append + extra,
+                vm.free_port(),
+                self.dir,
+                passthrough,
+                tuple(fw_cfg),
+                disks,
+            )
             booted = time.monotonic()
             self._proc = proc = vm.launch(spec, stderr_log)
 
@@ -112,16 +122,18 @@ class QemuSandbox(Sandbox):
                 return vm.describe_exit(proc, stderr_log, console)
 
             try:
-                self._ssh = SshSession.connect("127.0.0.1", spec.ssh_port, username="root", keys=keys,
-                                               deadline=deadline, alive=alive)
+                self._ssh = SshSession.connect(
+                    "127.0.0.1", spec.ssh_port, username="root", keys=keys, deadline=deadline, alive=alive
+                )
                 break
             except SshError as exc:  # a port taken between free_port() and QEMU's bind is retried
                 lost_port = "hostfwd" in vm.log_tail(stderr_log, 5)
                 vm.stop(proc)
                 if not lost_port or attempt == PORT_ATTEMPTS - 1:
                     tail = vm.log_tail(spec.console_log, 2)
-                    raise InfrastructureError(f"VM {self.id} did not come up: {exc}",
-                                              hint=f"guest console: {tail or 'empty'}") from None
+                    raise InfrastructureError(
+                        f"VM {self.id} did not come up: {exc}", hint=f"guest console: {tail or 'empty'}"
+                    ) from None
         first = self.exec(["true"], timeout=deadline.cap(60))
         if not first.ok:
             raise InfrastructureError(f"VM {self.id}: first exec failed: {first.to_json(200)}")
@@ -132,8 +144,9 @@ class QemuSandbox(Sandbox):
             raise InfrastructureError(f"VM {self.id} is not running")
         env = [f"{k}={v}" for k, v in sorted(self._env.items())]
         result = self._ssh.exec(["env", *env, *argv] if env else argv, timeout=timeout)
-        return ExecResult(tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s,
-                          result.timed_out)
+        return ExecResult(
+            tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s, result.timed_out
+        )
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         if self._ssh is None or self._closed:
@@ -202,8 +215,13 @@ class QemuAdapter(Adapter):
                 cases.update({"count.max": "reject", "smi.all": "reject"})
         per_vm = "one vfio-pci GPU per VM (as OpenShell's VM driver)" if self.single_gpu else "N GPUs per VM"
         sim = "; simulated: fake sysfs for VFIO, GPUs through fw_cfg" if self.simulated else ""
-        return Profile(driver=self.name, cases=cases, exclusive=True, oversubscribe="reject",
-                       notes=f"{per_vm}; PCI bus ids or host indices; the harness leases GPUs{sim}")
+        return Profile(
+            driver=self.name,
+            cases=cases,
+            exclusive=True,
+            oversubscribe="reject",
+            notes=f"{per_vm}; PCI bus ids or host indices; the harness leases GPUs{sim}",
+        )
 
     # Environment ------------------------------------------------------------------------------
     def guest_image(self, deadline: Deadline) -> GuestImage:
@@ -225,18 +243,38 @@ class QemuAdapter(Adapter):
     def vm_base(self, run_id: str) -> Path:
         return Path(self.ctx.state_dir) / "qemu" / "vms" / run_id
 
-    def vm_spec(self, name: str, image: GuestImage, append: str, port: int, vm_dir: Path,
-                passthrough: tuple[str, ...], fw_cfg: tuple[tuple[str, Path], ...],
-                disks: tuple[Path, ...]) -> vm.VmSpec:
+    def vm_spec(
+        self,
+        name: str,
+        image: GuestImage,
+        append: str,
+        port: int,
+        vm_dir: Path,
+        passthrough: tuple[str, ...],
+        fw_cfg: tuple[tuple[str, Path], ...],
+        disks: tuple[Path, ...],
+    ) -> vm.VmSpec:
         try:
             memory = int(self.opt("memory", "1024" if self.simulated else "8192"))
             cpus = int(self.opt("cpus", "2"))
         except ValueError:
             raise InfrastructureError("qemu.memory and qemu.cpus must be whole numbers") from None
-        return vm.VmSpec(name=name, binary=self.opt("binary", "qemu-system-x86_64"), accel=self.accel()[0],
-                         memory_mib=memory, cpus=cpus, kernel=image.kernel, initrd=image.initrd,
-                         append=append, ssh_port=port, console_log=vm_dir / "console.log",
-                         pidfile=vm_dir / "qemu.pid", vfio_bdfs=passthrough, fw_cfg=fw_cfg, disks=disks)
+        return vm.VmSpec(
+            name=name,
+            binary=self.opt("binary", "qemu-system-x86_64"),
+            accel=self.accel()[0],
+            memory_mib=memory,
+            cpus=cpus,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            append=append,
+            ssh_port=port,
+            console_log=vm_dir / "console.log",
+            pidfile=vm_dir / "qemu.pid",
+            vfio_bdfs=passthrough,
+            fw_cfg=fw_cfg,
+            disks=disks,
+        )
 
     def available(self) -> Availability:
         binary = self.opt("binary", "qemu-system-x86_64")
@@ -249,8 +287,14 @@ class QemuAdapter(Adapter):
             site = self.vfio_site()
         except HarnessError as exc:
             return Availability(False, f"qemu: {exc}")
-        self.versions = {"qemu": vm.qemu_version(binary) or "unknown", "accel": accel, "accel_reason": why,
-                         "machine": "q35", "vfio": site.describe(), **image.versions()}
+        self.versions = {
+            "qemu": vm.qemu_version(binary) or "unknown",
+            "accel": accel,
+            "accel_reason": why,
+            "machine": "q35",
+            "vfio": site.describe(),
+            **image.versions(),
+        }
         if restored:
             self.versions["vfio_reconciled"] = "; ".join(restored)
         return Availability(True, versions=dict(self.versions))
@@ -267,19 +311,30 @@ class QemuAdapter(Adapter):
                     gpu = next((g for g in inv.gpus if g.pci_bus_id == bdf), None)
             if gpu is None:
                 known = ", ".join(i for g in inv.gpus for i in g.ids(SCHEME_PCI)) or "none"
-                raise RequestRejected(f"unknown GPU device id '{raw}': no PCI bus id or index of this host",
-                                      hint=f"known ids: {known}")
+                raise RequestRejected(
+                    f"unknown GPU device id '{raw}': no PCI bus id or index of this host",
+                    hint=f"known ids: {known}",
+                )
             if gpu in out:
                 raise RequestRejected(f"device id '{raw}' names GPU {gpu.pci_bus_id} a second time")
             out.append(gpu)
         return out
 
-    def provision(self, req: GpuRequest, *, image: str, labels: Mapping[str, str], deadline: Deadline,
-                  env: Mapping[str, str] | None = None) -> Sandbox:
+    def provision(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+    ) -> Sandbox:
         req.validate()
         if self.single_gpu and req.wanted > 1:
-            raise RequestRejected(f"{self.name} passes one GPU per VM; {req.wanted} requested",
-                                  hint="request one GPU (as OpenShell's VM driver)")
+            raise RequestRejected(
+                f"{self.name} passes one GPU per VM; {req.wanted} requested",
+                hint="request one GPU (as OpenShell's VM driver)",
+            )
         if req.device_ids:
             lease = self.ctx.leases.acquire_exact(self.resolve_ids(req.device_ids), deadline)
         elif req.gpu:  # more than the host has is rejected here, before anything starts

@@ -31,8 +31,20 @@ from drivers.vfio_state import (
 )
 
 __all__ = [
-    "Binding", "BindingState", "DeviceRecord", "PciFunction", "PciGpu", "SysfsWriter", "VfioError",
-    "VfioTimeout", "bind", "default_state_path", "discover", "pid_alive", "reconcile", "release",
+    "Binding",
+    "BindingState",
+    "DeviceRecord",
+    "PciFunction",
+    "PciGpu",
+    "SysfsWriter",
+    "VfioError",
+    "VfioTimeout",
+    "bind",
+    "default_state_path",
+    "discover",
+    "pid_alive",
+    "reconcile",
+    "release",
     "write_sysfs",
 ]
 
@@ -102,8 +114,10 @@ class PciFunction:
         return self.is_nvidia and self.pci_class >> 8 in GPU_CLASSES
 
     def describe(self) -> str:
-        return (f"{self.bdf} [{self.vendor:04x}:{self.device:04x}] class 0x{self.pci_class:06x}, "
-                f"driver {self.driver or 'none'}")
+        return (
+            f"{self.bdf} [{self.vendor:04x}:{self.device:04x}] class 0x{self.pci_class:06x}, "
+            f"driver {self.driver or 'none'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -126,8 +140,9 @@ class PciGpu:
 class _Sysfs:
     """Reads and writes under one sysfs root, through the injected writer and sleep."""
 
-    def __init__(self, root: Path, writer: SysfsWriter | None, sleep: Callable[[float], None],
-                 poll_s: float) -> None:
+    def __init__(
+        self, root: Path, writer: SysfsWriter | None, sleep: Callable[[float], None], poll_s: float
+    ) -> None:
         self.root = Path(root)
         self.writer: SysfsWriter = writer or write_sysfs
         self.sleep = sleep
@@ -154,8 +169,9 @@ class _Sysfs:
 
     def function(self, bdf: str) -> PciFunction | None:
         try:
-            vendor, device, klass = (int((self.dev(bdf) / n).read_text().strip(), 16)
-                                     for n in ("vendor", "device", "class"))
+            vendor, device, klass = (
+                int((self.dev(bdf) / n).read_text().strip(), 16) for n in ("vendor", "device", "class")
+            )
         except (OSError, ValueError):
             return None
         return PciFunction(bdf, vendor, device, klass, self.driver(bdf))
@@ -202,8 +218,10 @@ class _Sysfs:
         """Put ``rec.bdf`` back on its original driver and override; idempotent."""
         current = self.driver(rec.bdf)
         if current not in (rec.original_driver, VFIO_DRIVER, None):
-            raise VfioError(f"{rec.bdf} is on {current}, neither vfio-pci nor its original "
-                            f"{rec.original_driver or 'no driver'}; left alone")
+            raise VfioError(
+                f"{rec.bdf} is on {current}, neither vfio-pci nor its original "
+                f"{rec.original_driver or 'no driver'}; left alone"
+            )
         if current != rec.original_driver and current is not None:
             self.write(f"bus/pci/drivers/{current}/unbind", rec.bdf, deadline)
             self.wait_driver(rec.bdf, None, deadline)
@@ -212,8 +230,10 @@ class _Sysfs:
         if rec.original_driver is None or self.driver(rec.bdf) == rec.original_driver:
             return
         if not self.has_driver(rec.original_driver):
-            raise VfioError(f"cannot give {rec.bdf} back to {rec.original_driver}: that driver is not "
-                            "loaded", hint=f"modprobe {rec.original_driver}, then `gpuconform gc`")
+            raise VfioError(
+                f"cannot give {rec.bdf} back to {rec.original_driver}: that driver is not loaded",
+                hint=f"modprobe {rec.original_driver}, then `gpuconform gc`",
+            )
         try:
             self.write(f"bus/pci/drivers/{rec.original_driver}/bind", rec.bdf, deadline)
         except VfioError:
@@ -252,17 +272,20 @@ def _plan(fs: _Sysfs, bdf: str) -> tuple[str, list[PciFunction]]:
     """The IOMMU group and the functions to move (companions first, GPU last), or a refusal."""
     gpu = fs.function(bdf)
     if gpu is None:
-        raise VfioError(f"no PCI device {bdf} under {fs.root}/bus/pci/devices",
-                        hint="list the host's GPUs with `nvidia-smi -L` or lspci -D")
+        raise VfioError(
+            f"no PCI device {bdf} under {fs.root}/bus/pci/devices",
+            hint="list the host's GPUs with `nvidia-smi -L` or lspci -D",
+        )
     if not gpu.is_gpu:
         raise VfioError(f"refusing to bind {gpu.describe()}: not an NVIDIA display or 3D controller")
     if not fs.has_driver(VFIO_DRIVER):
-        raise VfioError(f"cannot bind {bdf}: the vfio-pci driver is not loaded",
-                        hint="modprobe vfio-pci")
+        raise VfioError(f"cannot bind {bdf}: the vfio-pci driver is not loaded", hint="modprobe vfio-pci")
     group = fs.group(bdf)
     if group is None:
-        raise VfioError(f"cannot bind {bdf}: it has no IOMMU group (the IOMMU is off)",
-                        hint="boot with intel_iommu=on or amd_iommu=on and enable VT-d/AMD-Vi")
+        raise VfioError(
+            f"cannot bind {bdf}: it has no IOMMU group (the IOMMU is off)",
+            hint="boot with intel_iommu=on or amd_iommu=on and enable VT-d/AMD-Vi",
+        )
     moved: list[PciFunction] = []
     for other in fs.members(group):
         if other == bdf:
@@ -282,9 +305,18 @@ def _plan(fs: _Sysfs, bdf: str) -> tuple[str, list[PciFunction]]:
     return group, [*moved, gpu]
 
 
-def bind(gpu_bdf: str, *, sysfs_root: Path = SYSFS, state: BindingState, deadline: Deadline,
-         run_id: str = "", writer: SysfsWriter | None = None, sleep: Callable[[float], None] = time.sleep,
-         poll_s: float = POLL_S, pid: int | None = None) -> Binding:
+def bind(
+    gpu_bdf: str,
+    *,
+    sysfs_root: Path = SYSFS,
+    state: BindingState,
+    deadline: Deadline,
+    run_id: str = "",
+    writer: SysfsWriter | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = POLL_S,
+    pid: int | None = None,
+) -> Binding:
     """Move ``gpu_bdf`` and its group companions to vfio-pci; on any failure undo it and raise."""
     try:
         bdf = normalise_pci_bus_id(gpu_bdf)
@@ -293,8 +325,12 @@ def bind(gpu_bdf: str, *, sysfs_root: Path = SYSFS, state: BindingState, deadlin
     fs = _Sysfs(sysfs_root, writer, sleep, poll_s)
     group, functions = _plan(fs, bdf)
     binding = Binding(
-        id=uuid.uuid4().hex, gpu_bdf=bdf, iommu_group=group, run_id=run_id,
-        pid=os.getpid() if pid is None else pid, created=time.time(),
+        id=uuid.uuid4().hex,
+        gpu_bdf=bdf,
+        iommu_group=group,
+        run_id=run_id,
+        pid=os.getpid() if pid is None else pid,
+        created=time.time(),
         devices=tuple(DeviceRecord(f.bdf, f.driver, fs.override(f.bdf)) for f in functions),
     )
     state.add(binding)  # before any write: a crash from here on is repaired by reconcile
@@ -310,27 +346,44 @@ def bind(gpu_bdf: str, *, sysfs_root: Path = SYSFS, state: BindingState, deadlin
             ) from exc
         state.remove(binding.id)
         if isinstance(exc, VfioError):  # VfioTimeout stays a VfioTimeout (a DeadlineExceeded)
-            raise type(exc)(f"binding {bdf} to vfio-pci failed, rolled back: {exc.message}",
-                            hint=exc.hint) from exc
+            raise type(exc)(
+                f"binding {bdf} to vfio-pci failed, rolled back: {exc.message}", hint=exc.hint
+            ) from exc
         raise
     return binding
 
 
-def release(binding: Binding, *, sysfs_root: Path = SYSFS, state: BindingState,
-            deadline: Deadline | None = None, writer: SysfsWriter | None = None,
-            sleep: Callable[[float], None] = time.sleep, poll_s: float = POLL_S) -> None:
+def release(
+    binding: Binding,
+    *,
+    sysfs_root: Path = SYSFS,
+    state: BindingState,
+    deadline: Deadline | None = None,
+    writer: SysfsWriter | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = POLL_S,
+) -> None:
     """Return every device of ``binding`` to its original driver, then drop the state entry."""
     fs = _Sysfs(sysfs_root, writer, sleep, poll_s)
     failures = fs.restore_all(binding.devices, deadline or Deadline(RESTORE_TIMEOUT_S))
     if failures:
-        raise VfioError(f"release of {binding.describe()} incomplete: {'; '.join(failures)}",
-                        hint="the state entry is kept; `gpuconform gc --force` retries the restore")
+        raise VfioError(
+            f"release of {binding.describe()} incomplete: {'; '.join(failures)}",
+            hint="the state entry is kept; `gpuconform gc --force` retries the restore",
+        )
     state.remove(binding.id)
 
 
-def reconcile(state: BindingState, sysfs_root: Path = SYSFS, *, alive: Callable[[int], bool] = pid_alive,
-              force: bool = False, writer: SysfsWriter | None = None,
-              sleep: Callable[[float], None] = time.sleep, poll_s: float = POLL_S) -> list[str]:
+def reconcile(
+    state: BindingState,
+    sysfs_root: Path = SYSFS,
+    *,
+    alive: Callable[[int], bool] = pid_alive,
+    force: bool = False,
+    writer: SysfsWriter | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = POLL_S,
+) -> list[str]:
     """Restore the bindings of dead processes (all with ``force``); return what was restored.
 
     Entries that cannot be restored are kept and reported together in one VfioError at the end,

@@ -84,7 +84,7 @@ class Evidence:
                 raise EvidenceError(
                     f"evidence schema {data['schema']} is newer than this gpuconform "
                     f"understands ({SCHEMA_VERSION})",
-                    )
+                )
             known = {f.name for f in fields(cls)}
             kwargs = {k: v for k, v in data.items() if k in known}
             kwargs["verdict"] = Verdict(data["verdict"])

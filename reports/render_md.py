@@ -42,8 +42,7 @@ def simulated_banner(m: Matrix) -> str:
         return ""
     named = ", ".join(hosts)
     return (
-        f"SIMULATED: results from {named} come from the simulated GPU host; "
-        f"they are not hardware evidence."
+        f"SIMULATED: results from {named} come from the simulated GPU host; they are not hardware evidence."
     )
 
 

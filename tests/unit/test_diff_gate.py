@@ -203,7 +203,9 @@ GOOD = "  - driver: docker\n    case: count.1\n    reason: ok\n    expires: 2025
     ],
 )  # fmt: skip
 def test_malformed_waiver_file_gives_one_line_error_naming_entry_and_field(
-    tmp_path: Path, second: str, message: str,
+    tmp_path: Path,
+    second: str,
+    message: str,
 ) -> None:
     path = tmp_path / "waivers.yaml"
     path.write_text("waivers:\n" + GOOD + second)

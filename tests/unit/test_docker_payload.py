@@ -29,8 +29,11 @@ from drivers.request import GpuRequest
 
 KIND = "sim.gpuconform.dev/unit"
 CID = "c0ffee" + "0" * 58
-OUR_LABELS = {"dev.gpuconform.run": "r1", "dev.gpuconform.worker": "gw0",
-              "dev.gpuconform.owner": "gpuconform"}
+OUR_LABELS = {
+    "dev.gpuconform.run": "r1",
+    "dev.gpuconform.worker": "gw0",
+    "dev.gpuconform.owner": "gpuconform",
+}
 CDI_INFO = {"ServerVersion": "28.2.2", "DefaultRuntime": "runc", "CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]}
 LEGACY_INFO = {"ServerVersion": "20.10.24", "DefaultRuntime": "runc"}
 GPU_CAPS = [["gpu"]]
@@ -92,11 +95,13 @@ class FakeEngine:
                 if call == "POST /exec/ID/start":
                     return self._exec_stream()
                 answers: dict[str, tuple[int, Any]] = {
-                    "GET /version": (200, engine.version), "GET /_ping": (200, "OK"),
+                    "GET /version": (200, engine.version),
+                    "GET /_ping": (200, "OK"),
                     "GET /info": (200, engine.info),
                     "POST /containers/create": (201, {"Id": CID, "Warnings": []}),
                     "GET /containers/ID/json": (200, {"Id": CID, "Name": "/x", "State": {"Running": True}}),
-                    "POST /containers/ID/start": (204, None), "DELETE /containers/ID": (204, None),
+                    "POST /containers/ID/start": (204, None),
+                    "DELETE /containers/ID": (204, None),
                     "POST /containers/ID/exec": (201, {"Id": "exec1"}),
                     "GET /exec/ID/json": (200, {"Running": False, "ExitCode": engine.exec_exit}),
                     "GET /containers/json": (200, engine.listing),
@@ -140,8 +145,18 @@ def inventory() -> Inventory:
     gpus = []
     for i in range(4):
         uuid, pci = f"GPU-0000000{i}-1111-2222-3333-444444444444", f"0000:{0x18 + i:02x}:00.0"
-        gpus.append(GpuRecord(i, uuid, "NVIDIA H100 80GB HBM3", pci, 81559, "580.105.08", i,
-                              default_native_ids(i, uuid, pci, KIND)))
+        gpus.append(
+            GpuRecord(
+                i,
+                uuid,
+                "NVIDIA H100 80GB HBM3",
+                pci,
+                81559,
+                "580.105.08",
+                i,
+                default_native_ids(i, uuid, pci, KIND),
+            )
+        )
     return Inventory("unit", tuple(gpus), simulated=True, source="unit", cdi_kind=KIND)
 
 
@@ -157,8 +172,13 @@ def engine(request: pytest.FixtureRequest) -> Iterator[FakeEngine]:
 
 
 def adapter_for(engine: FakeEngine, tmp_path: Path, **options: str) -> DockerAdapter:
-    ctx = AdapterContext(inventory=INV, leases=GpuLeases(tmp_path / "leases"), run_id="r1", worker="gw0",
-                         options={"docker.host": engine.url, **options})
+    ctx = AdapterContext(
+        inventory=INV,
+        leases=GpuLeases(tmp_path / "leases"),
+        run_id="r1",
+        worker="gw0",
+        options={"docker.host": engine.url, **options},
+    )
     return DockerAdapter(ctx)
 
 
@@ -182,8 +202,9 @@ SHAPES = [  # (request, CDI-path ids, legacy-path ids)
 
 
 @pytest.mark.parametrize(("req", "cdi_ids", "legacy_ids"), SHAPES, ids=lambda v: getattr(v, "shape", ""))
-def test_create_payload_names_exactly_the_chosen_gpus(engine: FakeEngine, tmp_path: Path, req: GpuRequest,
-                                                      cdi_ids: list[str], legacy_ids: list[str]) -> None:
+def test_create_payload_names_exactly_the_chosen_gpus(
+    engine: FakeEngine, tmp_path: Path, req: GpuRequest, cdi_ids: list[str], legacy_ids: list[str]
+) -> None:
     adapter = adapter_for(engine, tmp_path)
     path = "cdi" if "CDISpecDirs" in engine.info else "legacy"
     sandbox = provision(adapter, req)
@@ -207,8 +228,11 @@ def test_all_form_on_each_path(engine: FakeEngine, tmp_path: Path) -> None:
     with provision(adapter_for(engine, tmp_path), GpuRequest.of_ids([INV.cdi_all])) as sandbox:
         assert sandbox.granted == INV.uuids
     (body,) = engine.bodies("POST /containers/create")
-    expected = expected_requests("cdi", [INV.cdi_all]) if path == "cdi" else [
-        {"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": GPU_CAPS, "Options": {}}]
+    expected = (
+        expected_requests("cdi", [INV.cdi_all])
+        if path == "cdi"
+        else [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": GPU_CAPS, "Options": {}}]
+    )
     assert body["HostConfig"]["DeviceRequests"] == expected
 
 
@@ -254,8 +278,10 @@ def test_cdi_unknown_device_refused_by_engine_is_rejected_with_its_message(tmp_p
 
 def test_legacy_hook_refusal_at_start_is_rejected_and_the_container_removed(tmp_path: Path) -> None:
     engine = FakeEngine("20.10.24", LEGACY_INFO)
-    message = ("failed to create shim task: OCI runtime create failed: error running hook #0: exit status 1, "
-               "stderr: nvidia-container-cli: device error: 2: unknown device: unknown")
+    message = (
+        "failed to create shim task: OCI runtime create failed: error running hook #0: exit status 1, "
+        "stderr: nvidia-container-cli: device error: 2: unknown device: unknown"
+    )
     engine.fail["POST /containers/ID/start"] = (500, message)
     try:
         with pytest.raises(RequestRejected, match="device error: 2: unknown device"):
@@ -302,8 +328,9 @@ def test_unreachable_engine_is_unavailable_within_seconds(tmp_path: Path) -> Non
     silent.listen(8)
     try:
         for url in (f"tcp://127.0.0.1:{silent.getsockname()[1]}", f"unix://{tmp_path}/missing.sock"):
-            ctx = AdapterContext(inventory=INV, leases=GpuLeases(tmp_path), run_id="r1",
-                                 options={"docker.host": url})
+            ctx = AdapterContext(
+                inventory=INV, leases=GpuLeases(tmp_path), run_id="r1", options={"docker.host": url}
+            )
             start = time.monotonic()
             availability = DockerAdapter(ctx).available()
             assert not availability.ok
@@ -313,13 +340,16 @@ def test_unreachable_engine_is_unavailable_within_seconds(tmp_path: Path) -> Non
         silent.close()
 
 
-@pytest.mark.parametrize(("version", "info", "override", "path"), [
-    ("20.10.24+dfsg1", {}, None, "legacy"),
-    ("25.0.3", {}, None, "legacy"),  # CDI off
-    ("25.0.3", {"CDISpecDirs": ["/etc/cdi"]}, None, "cdi"),
-    ("28.2.2", {"CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]}, None, "cdi"),
-    ("28.2.2", {"CDISpecDirs": ["/etc/cdi"]}, "legacy", "legacy"),
-])
+@pytest.mark.parametrize(
+    ("version", "info", "override", "path"),
+    [
+        ("20.10.24+dfsg1", {}, None, "legacy"),
+        ("25.0.3", {}, None, "legacy"),  # CDI off
+        ("25.0.3", {"CDISpecDirs": ["/etc/cdi"]}, None, "cdi"),
+        ("28.2.2", {"CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]}, None, "cdi"),
+        ("28.2.2", {"CDISpecDirs": ["/etc/cdi"]}, "legacy", "legacy"),
+    ],
+)
 def test_gpu_path_choice(version: str, info: dict[str, Any], override: str | None, path: str) -> None:
     assert choose_gpu_path({"Version": version}, info, override)[0] == path
 
@@ -337,8 +367,12 @@ def test_read_multiplexed_keeps_stdout_and_stderr_apart() -> None:
 
 def test_profile_names_its_path_even_without_an_engine(tmp_path: Path) -> None:
     def profile(**options: str) -> str:
-        ctx = AdapterContext(inventory=INV, leases=GpuLeases(tmp_path), run_id="r1",
-                             options={"docker.host": f"unix://{tmp_path}/missing.sock", **options})
+        ctx = AdapterContext(
+            inventory=INV,
+            leases=GpuLeases(tmp_path),
+            run_id="r1",
+            options={"docker.host": f"unix://{tmp_path}/missing.sock", **options},
+        )
         return DockerAdapter(ctx).profile.notes
 
     assert profile(**{"docker.gpu_path": "cdi"}).startswith("gpu path: cdi;")

@@ -45,24 +45,34 @@ def write_plan(host: Path, redirect: dict[int, int] | None = None) -> Path:
 
     def edits(i: int) -> dict[str, Any]:
         j = (redirect or {}).get(i, i)
-        return {"nodes": [node(f"/dev/nvidia{j}", host / "dev" / f"nvidia{j}")],
-                "mounts": [mount(f"{SANDBOX_DESC_DIR}/{j}", host / "gpus" / str(j))]}
+        return {
+            "nodes": [node(f"/dev/nvidia{j}", host / "dev" / f"nvidia{j}")],
+            "mounts": [mount(f"{SANDBOX_DESC_DIR}/{j}", host / "gpus" / str(j))],
+        }
 
     devices: dict[str, Any] = {}
     for i in range(4):
         devices[str(i)] = devices[UUIDS[i]] = edits(i)
-    devices["all"] = {"nodes": [n for i in range(4) for n in edits(i)["nodes"]],
-                      "mounts": [m for i in range(4) for m in edits(i)["mounts"]]}
-    plan = {"instance": "unit", "cdi_kind": "sim.gpuconform.dev/unit",
-            "common": {"nodes": [node("/dev/nvidiactl", host / "dev" / "nvidiactl")],
-                       "mounts": [mount(SANDBOX_NVIDIA_SMI, host / "bin" / "nvidia-smi")]},
-            "devices": devices}
+    devices["all"] = {
+        "nodes": [n for i in range(4) for n in edits(i)["nodes"]],
+        "mounts": [m for i in range(4) for m in edits(i)["mounts"]],
+    }
+    plan = {
+        "instance": "unit",
+        "cdi_kind": "sim.gpuconform.dev/unit",
+        "common": {
+            "nodes": [node("/dev/nvidiactl", host / "dev" / "nvidiactl")],
+            "mounts": [mount(SANDBOX_NVIDIA_SMI, host / "bin" / "nvidia-smi")],
+        },
+        "devices": devices,
+    }
     (host / "plan.json").write_text(json.dumps(plan))
     return host / "plan.json"
 
 
-def run_hook(tmp_path: Path, env: list[str], verb: str = "prestart",
-             redirect: dict[int, int] | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run_hook(
+    tmp_path: Path, env: list[str], verb: str = "prestart", redirect: dict[int, int] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     plan = write_plan(tmp_path / "host", redirect)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -110,8 +120,11 @@ def test_the_last_occurrence_wins_as_dockerd_appends_its_own(tmp_path: Path) -> 
     assert injected(target) == (["nvidia2", "nvidiactl"], ["2"], True)
 
 
-@pytest.mark.parametrize("env", [[PATH_ENV], [PATH_ENV, "NVIDIA_VISIBLE_DEVICES="],
-                                 [PATH_ENV, "NVIDIA_VISIBLE_DEVICES=void"]], ids=["unset", "empty", "void"])
+@pytest.mark.parametrize(
+    "env",
+    [[PATH_ENV], [PATH_ENV, "NVIDIA_VISIBLE_DEVICES="], [PATH_ENV, "NVIDIA_VISIBLE_DEVICES=void"]],
+    ids=["unset", "empty", "void"],
+)
 def test_unset_empty_or_void_injects_nothing(tmp_path: Path, env: list[str]) -> None:
     proc, target = run_hook(tmp_path, env)
     assert proc.returncode == 0, proc.stderr

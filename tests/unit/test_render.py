@@ -140,7 +140,7 @@ def test_html_cells_are_colour_coded_with_reason_tooltip_and_linked_evidence() -
     assert f"<code>{UUID_A}</code></td><td>—</td><td>seen</td><td class=bad>extra: not granted" in evidence
     assert "<code>$ nvidia-smi -L</code> <span class='rc pass'>exit 0</span>" in evidence
     assert "provision" in evidence
-    assert '&quot;device_ids&quot;: []' in evidence
+    assert "&quot;device_ids&quot;: []" in evidence
 
 
 def test_html_without_records_still_renders_every_cell() -> None:

@@ -58,8 +58,9 @@ class Sandbox:
 
     def run(self, *args: str) -> Run:
         env = {**os.environ, ENV_DEV_DIR: str(self.dev), ENV_DESC_DIR: str(self.desc)}
-        proc = subprocess.run([*self.shell, str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                              timeout=30)
+        proc = subprocess.run(
+            [*self.shell, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30
+        )
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -158,8 +159,10 @@ def test_plain_invocation_prints_a_table(box: Sandbox) -> None:
 
 def test_lost_gpu_fails_commands_touching_it_with_exit_15(box: Sandbox) -> None:
     box.inject(GPUS, faults=["fallen-off-bus:3"])
-    message = ("Unable to determine the device handle for GPU3: 0000:5D:00.0: GPU is lost.  "
-               "Reboot the system to recover this GPU")
+    message = (
+        "Unable to determine the device handle for GPU3: 0000:5D:00.0: GPU is lost.  "
+        "Reboot the system to recover this GPU"
+    )
     listing = box.run("-L")
     assert listing.rc == 15
     assert listing.out.splitlines() == [listed(g, g.index) for g in GPUS[:3]]
@@ -189,11 +192,22 @@ def test_invalid_field_exits_2(box: Sandbox) -> None:
     box.inject(GPUS[:1])
     result = box.run("--query-gpu=index,temperature.bogus", "--format=csv")
     assert (result.rc, result.out, result.err.strip()) == (
-        2, "", 'Field "temperature.bogus" is not a valid field to query.')
+        2,
+        "",
+        'Field "temperature.bogus" is not a valid field to query.',
+    )
 
 
-@pytest.mark.parametrize("args", [["--bogus"], ["-L", "--query-gpu=uuid", "--format=csv"],
-                                  ["--query-gpu=uuid"], ["--query-gpu=uuid", "--format=json"], ["-i"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],
+        ["-L", "--query-gpu=uuid", "--format=csv"],
+        ["--query-gpu=uuid"],
+        ["--query-gpu=uuid", "--format=json"],
+        ["-i"],
+    ],
+)
 def test_unknown_option_or_bad_combination_exits_2(box: Sandbox, args: list[str]) -> None:
     box.inject(GPUS[:1])
     result = box.run(*args)
@@ -215,7 +229,9 @@ def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
     box.inject([GPUS[3], GPUS[1]])
     listed_gpus = smi.parse_list(box.run("-L").out)
     assert [(g.index, g.uuid, g.name) for g in listed_gpus] == [
-        (0, GPUS[1].uuid, GPUS[1].model.name), (1, GPUS[3].uuid, GPUS[3].model.name)]
+        (0, GPUS[1].uuid, GPUS[1].model.name),
+        (1, GPUS[3].uuid, GPUS[3].model.name),
+    ]
     fields = ["index", "uuid", "name", "pci.bus_id", "memory.total", "driver_version"]
     for fmt in ("csv", "csv,noheader", "csv,noheader,nounits", "csv,nounits"):
         rows = smi.parse_query(box.run(f"--query-gpu={','.join(fields)}", f"--format={fmt}").out, fields)
@@ -224,7 +240,9 @@ def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
         assert [r["memory.total"] for r in rows] == [81559, 81559]
     xml = smi.parse_xml(box.run("-q", "-x").out)
     assert [(g["uuid"], g["minor_number"], g["pci.bus_id"]) for g in xml] == [
-        (GPUS[1].uuid, 1, GPUS[1].pci_sysfs), (GPUS[3].uuid, 3, GPUS[3].pci_sysfs)]
+        (GPUS[1].uuid, 1, GPUS[1].pci_sysfs),
+        (GPUS[3].uuid, 3, GPUS[3].pci_sysfs),
+    ]
     (box.dev.parent / "empty").mkdir()
     empty = Sandbox(box.dev.parent / "empty", box.shell)
     assert smi.parse_list(empty.run("-L").out) == ()

@@ -37,11 +37,13 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def up(dirs: tuple[Path, Path], profile: str = "h100x4", *, instance: str = "gpu",
-       faults: Sequence[str] = ()) -> SimHost:
+def up(
+    dirs: tuple[Path, Path], profile: str = "h100x4", *, instance: str = "gpu", faults: Sequence[str] = ()
+) -> SimHost:
     base, cdi_dir = dirs
-    return SimHost.up(profile, faults=faults, instance=instance, base=base, cdi_dir=cdi_dir,
-                      owner_pid=os.getpid())
+    return SimHost.up(
+        profile, faults=faults, instance=instance, base=base, cdi_dir=cdi_dir, owner_pid=os.getpid()
+    )
 
 
 def test_up_builds_nodes_descriptors_nvidia_smi_inventory_plan_and_spec(dirs: tuple[Path, Path]) -> None:
@@ -87,8 +89,13 @@ def test_find_and_load_return_the_same_host(dirs: tuple[Path, Path]) -> None:
 
 def test_sim_nvidia_smi_on_the_host_lists_the_instance_gpus(dirs: tuple[Path, Path]) -> None:
     host = up(dirs, profile="h100x2", instance="gpu")
-    proc = subprocess.run([str(host.nvidia_smi_path), "-L"], env={**os.environ, **host.host_env},
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [str(host.nvidia_smi_path), "-L"],
+        env={**os.environ, **host.host_env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     expected = [f"GPU {g.index}: {g.name} (UUID: {g.uuid})" for g in host.inventory.gpus]
     assert proc.stdout.splitlines() == expected
@@ -122,8 +129,9 @@ def test_foreign_spec_file_is_never_overwritten(dirs: tuple[Path, Path]) -> None
 
 
 def test_another_spec_declaring_the_same_kind_is_refused(dirs: tuple[Path, Path]) -> None:
-    (dirs[1] / "someone.json").write_text(json.dumps({"cdiVersion": "0.5.0", "kind": "sim.gpuconform.dev/gpu",
-                                                       "devices": []}))
+    (dirs[1] / "someone.json").write_text(
+        json.dumps({"cdiVersion": "0.5.0", "kind": "sim.gpuconform.dev/gpu", "devices": []})
+    )
     with pytest.raises(cdi.CdiSafetyError, match="already declares"):
         up(dirs, instance="gpu")
     assert not (dirs[0] / "gpu").exists()

@@ -47,8 +47,9 @@ def test_plain_plan_has_index_uuid_and_all_selectors() -> None:
             assert nodes(plan["devices"][selector]) == gpu_nodes(gpu.minor)
             assert mounts(plan["devices"][selector]) == gpu_mounts(gpu.minor)
     assert nodes(plan["devices"]["all"]) == gpu_nodes(0, 1, 2, 3)
-    assert plan["common"]["nodes"] == [{"path": "/dev/nvidiactl", "hostPath": f"{ROOT}/dev/nvidiactl",
-                                        "type": "c", "major": 1, "minor": 3}]
+    assert plan["common"]["nodes"] == [
+        {"path": "/dev/nvidiactl", "hostPath": f"{ROOT}/dev/nvidiactl", "type": "c", "major": 1, "minor": 3}
+    ]
     assert mounts(plan["common"]) == [("/usr/bin/nvidia-smi", f"{ROOT}/bin/nvidia-smi")]
     assert all("ro" in m["options"] for m in plan["common"]["mounts"] + plan["devices"]["0"]["mounts"])
 
@@ -87,9 +88,16 @@ def test_descriptor_faults_leave_the_selection_untouched(fault: str) -> None:
 def test_descriptor_fields_apply_each_fault_to_its_gpu_only() -> None:
     faults = parse_faults(["uuid-mismatch:2", "cuda-unusable:1", "fallen-off-bus:3"], 4)
     fields = [descriptor_fields(g, faults) for g in GPUS]
-    assert fields[0] == {"MINOR": 0, "UUID": GPUS[0].uuid, "NAME": "NVIDIA H100 80GB HBM3",
-                         "PCI": "00000000:18:00.0", "MEMORY_MIB": 81559, "DRIVER": "580.105.08",
-                         "CUDA": "ok", "STATE": "ok"}
+    assert fields[0] == {
+        "MINOR": 0,
+        "UUID": GPUS[0].uuid,
+        "NAME": "NVIDIA H100 80GB HBM3",
+        "PCI": "00000000:18:00.0",
+        "MEMORY_MIB": 81559,
+        "DRIVER": "580.105.08",
+        "CUDA": "ok",
+        "STATE": "ok",
+    }
     assert fields[2]["UUID"] == foreign_uuid(GPUS[2].uuid) != GPUS[2].uuid
     assert [f["CUDA"] for f in fields] == ["ok", "unusable", "ok", "ok"]
     assert [f["STATE"] for f in fields] == ["ok", "ok", "ok", "lost"]
@@ -115,10 +123,15 @@ def test_cdi_spec_structure() -> None:
     names = [d["name"] for d in spec["devices"]]
     assert sorted(names) == sorted(["0", "1", "2", "3", "all", *(g.uuid for g in GPUS)])
     assert spec["containerEdits"]["deviceNodes"] == [
-        {"path": "/dev/nvidiactl", "hostPath": f"{ROOT}/dev/nvidiactl", "type": "c", "major": 1, "minor": 3}]
+        {"path": "/dev/nvidiactl", "hostPath": f"{ROOT}/dev/nvidiactl", "type": "c", "major": 1, "minor": 3}
+    ]
     assert spec["containerEdits"]["mounts"] == [
-        {"hostPath": f"{ROOT}/bin/nvidia-smi", "containerPath": "/usr/bin/nvidia-smi",
-         "options": ["ro", "nosuid", "nodev", "bind"]}]
+        {
+            "hostPath": f"{ROOT}/bin/nvidia-smi",
+            "containerPath": "/usr/bin/nvidia-smi",
+            "options": ["ro", "nosuid", "nodev", "bind"],
+        }
+    ]
     one = next(d for d in spec["devices"] if d["name"] == "1")["containerEdits"]
     assert [n["path"] for n in one["deviceNodes"]] == ["/dev/nvidia2"]
     assert [(m["containerPath"], m["hostPath"]) for m in one["mounts"]] == gpu_mounts(2)

@@ -28,8 +28,10 @@ def test_writes_the_required_settings_when_absent(tmp_path: Path) -> None:
 
 def test_keeps_a_foreign_file_that_already_has_the_settings(tmp_path: Path) -> None:
     path = tmp_path / "containers.conf"
-    text = ('[containers]\nlog_size_max = 100\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
-            '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+    text = (
+        '[containers]\nlog_size_max = 100\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+        '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+    )
     path.write_text(text)
     assert ensure_containers_conf(path) == "kept"
     assert path.read_text() == text
@@ -57,6 +59,9 @@ def test_refuses_an_unparseable_file(tmp_path: Path) -> None:
 
 
 def test_missing_settings_names_each_one() -> None:
-    assert missing_settings({}) == ['engine.runtime = "runc"', 'engine.cgroup_manager = "cgroupfs"',
-                                    'containers.default_ulimits has "nofile=1024:1024"',
-                                    'containers.default_ulimits has "nproc=4096:4096"']
+    assert missing_settings({}) == [
+        'engine.runtime = "runc"',
+        'engine.cgroup_manager = "cgroupfs"',
+        'containers.default_ulimits has "nofile=1024:1024"',
+        'containers.default_ulimits has "nproc=4096:4096"',
+    ]

@@ -18,7 +18,8 @@ def test_required_profiles_exist_with_their_models() -> None:
     h100 = get_profile("h100x4")
     assert h100.count == 4
     assert {(g.model.name, g.model.memory_mib, g.model.driver) for g in h100.gpus} == {
-        ("NVIDIA H100 80GB HBM3", 81559, "580.105.08")}
+        ("NVIDIA H100 80GB HBM3", 81559, "580.105.08")
+    }
     a100 = get_profile("a100x8")
     assert a100.count == 8
     assert {(g.model.name, g.model.memory_mib) for g in a100.gpus} == {("NVIDIA A100-SXM4-80GB", 81920)}
@@ -74,19 +75,23 @@ def test_foreign_uuid_is_not_in_any_profile() -> None:
     assert foreign_uuid(gpu.uuid) not in {g.uuid for p in PROFILES.values() for g in p.gpus}
 
 
-@pytest.mark.parametrize("text", ["wrong-gpu:1", "extra-gpu:0", "uuid-mismatch:2", "cuda-unusable:3",
-                                  "fallen-off-bus:3"])
+@pytest.mark.parametrize(
+    "text", ["wrong-gpu:1", "extra-gpu:0", "uuid-mismatch:2", "cuda-unusable:3", "fallen-off-bus:3"]
+)
 def test_each_fault_kind_parses(text: str) -> None:
     fault = parse_fault(text, gpu_count=4)
     assert str(fault) == text
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("melted:1", "wrong-gpu, extra-gpu, uuid-mismatch, cuda-unusable, fallen-off-bus"),
-    ("wrong-gpu", "wrong-gpu:N"),
-    ("wrong-gpu:x", "wrong-gpu:N"),
-    ("wrong-gpu:4", "0..3"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("melted:1", "wrong-gpu, extra-gpu, uuid-mismatch, cuda-unusable, fallen-off-bus"),
+        ("wrong-gpu", "wrong-gpu:N"),
+        ("wrong-gpu:x", "wrong-gpu:N"),
+        ("wrong-gpu:4", "0..3"),
+    ],
+)
 def test_bad_faults_are_one_line_errors_naming_what_is_valid(text: str, needle: str) -> None:
     with pytest.raises(FaultError) as info:
         parse_fault(text, gpu_count=4)

@@ -36,6 +36,9 @@ def _payload(stream: str, size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
+REPLY_GRACE_S = 0.2
+
+
 class _Server(paramiko.ServerInterface):
     def __init__(self, client_key: paramiko.PKey, received: dict[str, bytes]) -> None:
         self.client_key = client_key
@@ -52,7 +55,10 @@ class _Server(paramiko.ServerInterface):
         return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        threading.Thread(target=self._run, args=(channel, command.decode()), daemon=True).start()
+        # paramiko sends the channel-success reply only after this returns. A real sshd replies
+        # before it runs the command; starting at once could close the channel before the reply
+        # (the client then sees "Channel closed"), so the command waits for its cue.
+        threading.Timer(REPLY_GRACE_S, self._run, args=(channel, command.decode())).start()
         return True
 
     def _run(self, chan: paramiko.Channel, command: str) -> None:

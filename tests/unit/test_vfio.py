@@ -52,10 +52,27 @@ def state(tmp_path: Path) -> BindingState:
     return BindingState(tmp_path / "state" / "vfio-bindings.json")
 
 
-def do_bind(tree: FakeSysfs, kernel: FakeKernel, state: BindingState, bdf: str = GPU, *,
-            seconds: float = 5.0, run_id: str = "", pid: int | None = None) -> vfio.Binding:
-    return vfio.bind(bdf, sysfs_root=tree.root, state=state, deadline=Deadline(seconds), run_id=run_id,
-                     writer=kernel, sleep=kernel.sleep, poll_s=0.005, pid=pid)
+def do_bind(
+    tree: FakeSysfs,
+    kernel: FakeKernel,
+    state: BindingState,
+    bdf: str = GPU,
+    *,
+    seconds: float = 5.0,
+    run_id: str = "",
+    pid: int | None = None,
+) -> vfio.Binding:
+    return vfio.bind(
+        bdf,
+        sysfs_root=tree.root,
+        state=state,
+        deadline=Deadline(seconds),
+        run_id=run_id,
+        writer=kernel,
+        sleep=kernel.sleep,
+        poll_s=0.005,
+        pid=pid,
+    )
 
 
 def do_release(tree: FakeSysfs, kernel: FakeKernel, state: BindingState, binding: vfio.Binding) -> None:
@@ -70,17 +87,24 @@ def dead_pid() -> int:
 
 
 def test_discover_lists_nvidia_gpus_with_group_driver_and_companions(tmp_path: Path) -> None:
-    tree = FakeSysfs.create(tmp_path / "sys", [
-        nvidia_gpu(GPU, 3), nvidia_audio(AUDIO, 3), pci_bridge("0000:00:01.0", 3),
-        replace(nvidia_gpu("0000:65:00.0", 7, driver=None), pci_class=CLASS_VGA),
-        intel_nic("0000:04:00.0", 9),
-    ])
+    tree = FakeSysfs.create(
+        tmp_path / "sys",
+        [
+            nvidia_gpu(GPU, 3),
+            nvidia_audio(AUDIO, 3),
+            pci_bridge("0000:00:01.0", 3),
+            replace(nvidia_gpu("0000:65:00.0", 7, driver=None), pci_class=CLASS_VGA),
+            intel_nic("0000:04:00.0", 9),
+        ],
+    )
     gpus = vfio.discover(tree.root)
     assert [g.bdf for g in gpus] == [GPU, "0000:65:00.0"]
     first, second = gpus
     assert (first.iommu_group, first.driver, first.function.pci_class) == ("3", "nvidia", 0x030200)
     assert [(c.bdf, c.driver, c.is_bridge) for c in first.companions] == [
-        ("0000:00:01.0", "pcieport", True), (AUDIO, "snd_hda_intel", False)]
+        ("0000:00:01.0", "pcieport", True),
+        (AUDIO, "snd_hda_intel", False),
+    ]
     assert (second.driver, second.function.pci_class, second.companions) == (None, 0x030000, ())
 
 
@@ -89,7 +113,8 @@ def test_discover_on_a_root_without_pci_returns_nothing(tmp_path: Path) -> None:
 
 
 def test_bind_moves_gpu_and_audio_to_vfio_then_release_restores_drivers(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     before = tree.snapshot()
     binding = do_bind(tree, kernel, state, run_id="r1")
     assert tree.driver_of(AUDIO) == tree.driver_of(GPU) == "vfio-pci"
@@ -109,7 +134,8 @@ def test_bind_moves_gpu_and_audio_to_vfio_then_release_restores_drivers(
 
 
 def test_release_clears_driver_override_with_a_newline(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     binding = do_bind(tree, kernel, state)
     kernel.writes.clear()
     do_release(tree, kernel, state, binding)
@@ -122,7 +148,8 @@ def test_release_clears_driver_override_with_a_newline(
 
 
 def test_state_entry_is_written_before_the_first_sysfs_write(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     seen: list[int] = []
 
     def writer(path: Path, data: str, *, timeout: float) -> None:
@@ -140,7 +167,8 @@ def test_state_entry_is_written_before_the_first_sysfs_write(
 
 
 def test_companion_that_fails_to_bind_is_rolled_back_and_leaves_no_state(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     before = tree.snapshot()
     kernel.fail(AUDIO, "probe", errno.EBUSY)
     with pytest.raises(VfioError, match=r"binding 0000:18:00.0 to vfio-pci failed, rolled back.*busy"):
@@ -152,7 +180,8 @@ def test_companion_that_fails_to_bind_is_rolled_back_and_leaves_no_state(
 
 
 def test_gpu_that_never_appears_on_vfio_pci_hits_the_deadline_and_rolls_back(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     before = tree.snapshot()
     kernel.refuse(GPU, "vfio-pci")
     with pytest.raises(VfioTimeout, match=r"0000:18:00.0 did not bind to vfio-pci within") as info:
@@ -163,7 +192,8 @@ def test_gpu_that_never_appears_on_vfio_pci_hits_the_deadline_and_rolls_back(
 
 
 def test_slow_bind_that_appears_after_some_polls_succeeds(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     kernel.delay(GPU, 5)
     do_bind(tree, kernel, state)
     assert tree.driver_of(GPU) == "vfio-pci"
@@ -171,8 +201,9 @@ def test_slow_bind_that_appears_after_some_polls_succeeds(
 
 
 def test_group_with_a_foreign_device_is_refused_before_any_write(tmp_path: Path, state: BindingState) -> None:
-    tree = FakeSysfs.create(tmp_path / "sys", [nvidia_gpu(GPU, 4), nvidia_audio(AUDIO, 4),
-                                               intel_nic("0000:19:00.0", 4)])
+    tree = FakeSysfs.create(
+        tmp_path / "sys", [nvidia_gpu(GPU, 4), nvidia_audio(AUDIO, 4), intel_nic("0000:19:00.0", 4)]
+    )
     kernel = FakeKernel(tree)
     before = tree.snapshot()
     with pytest.raises(VfioError, match=r"group 4 also holds 0000:19:00.0 \[8086:1533\].*igb") as info:
@@ -191,14 +222,18 @@ def test_bridge_in_the_group_is_allowed_and_left_on_its_driver(tmp_path: Path, s
     assert tree.driver_of("0000:17:00.0") == "pcieport"
 
 
-@pytest.mark.parametrize(("devices", "target", "message"), [
-    ([nvidia_gpu(GPU, 1), nvidia_audio(AUDIO, 1)], AUDIO, "not an NVIDIA display or 3D controller"),
-    ([nvidia_gpu(GPU, None)], GPU, "no IOMMU group"),
-    ([nvidia_gpu(GPU, 1)], "0000:99:00.0", "no PCI device 0000:99:00.0"),
-    ([nvidia_gpu(GPU, 1)], "not-a-bdf", "not a PCI bus id"),
-])
+@pytest.mark.parametrize(
+    ("devices", "target", "message"),
+    [
+        ([nvidia_gpu(GPU, 1), nvidia_audio(AUDIO, 1)], AUDIO, "not an NVIDIA display or 3D controller"),
+        ([nvidia_gpu(GPU, None)], GPU, "no IOMMU group"),
+        ([nvidia_gpu(GPU, 1)], "0000:99:00.0", "no PCI device 0000:99:00.0"),
+        ([nvidia_gpu(GPU, 1)], "not-a-bdf", "not a PCI bus id"),
+    ],
+)
 def test_bind_refuses_unsuitable_targets_without_writing(
-        tmp_path: Path, state: BindingState, devices: list, target: str, message: str) -> None:
+    tmp_path: Path, state: BindingState, devices: list, target: str, message: str
+) -> None:
     tree = FakeSysfs.create(tmp_path / "sys", devices)
     kernel = FakeKernel(tree)
     with pytest.raises(VfioError, match=message):
@@ -214,14 +249,16 @@ def test_bind_refuses_when_vfio_pci_is_not_loaded(tmp_path: Path, state: Binding
 
 
 def test_bind_accepts_the_nvidia_smi_bus_id_form(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     binding = do_bind(tree, kernel, state, bdf="00000000:18:00.0")
     assert binding.gpu_bdf == GPU
     assert tree.driver_of(GPU) == "vfio-pci"
 
 
 def test_second_bind_of_a_held_gpu_is_refused_without_writing(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     do_bind(tree, kernel, state, run_id="first")
     kernel.writes.clear()
     with pytest.raises(VfioError, match=r"already bound to vfio-pci for 0000:18:00.0 .*run first"):
@@ -231,7 +268,8 @@ def test_second_bind_of_a_held_gpu_is_refused_without_writing(
 
 
 def test_failed_rollback_keeps_the_state_entry_for_gc(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     kernel.fail(AUDIO, "probe")
     kernel.fail(AUDIO, "bind")
     with pytest.raises(VfioError, match="rollback failed.*gc"):
@@ -245,7 +283,8 @@ def test_failed_rollback_keeps_the_state_entry_for_gc(
 
 
 def test_reconcile_restores_bindings_of_a_dead_pid_and_empties_state(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     before = tree.snapshot()
     do_bind(tree, kernel, state, pid=dead_pid(), run_id="killed")  # the Binding object is dropped
     assert tree.driver_of(GPU) == "vfio-pci"
@@ -258,12 +297,14 @@ def test_reconcile_restores_bindings_of_a_dead_pid_and_empties_state(
 
 
 def test_reconcile_leaves_entries_of_live_pids_alone_unless_forced(
-        tree: FakeSysfs, kernel: FakeKernel, state: BindingState) -> None:
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
     before = tree.snapshot()
     do_bind(tree, kernel, state)  # this process: alive
     do_bind(tree, kernel, state, bdf=GPU2, pid=4242)
-    restored = vfio.reconcile(state, tree.root, alive=lambda pid: pid != 4242, writer=kernel,
-                              sleep=kernel.sleep, poll_s=0.005)
+    restored = vfio.reconcile(
+        state, tree.root, alive=lambda pid: pid != 4242, writer=kernel, sleep=kernel.sleep, poll_s=0.005
+    )
     assert len(restored) == 1
     assert GPU2 in restored[0]
     assert tree.driver_of(GPU) == "vfio-pci"
@@ -296,11 +337,17 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 @pytest.mark.parametrize("when", ["mid-bind", "after-bind"])
 def test_sigkilled_run_is_repaired_by_reconcile_in_another_process(
-        tree: FakeSysfs, state: BindingState, when: str) -> None:
+    tree: FakeSysfs, state: BindingState, when: str
+) -> None:
     before = tree.snapshot()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tree.root), str(state.path), GPU, when],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tree.root), str(state.path), GPU, when],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, stderr
     [entry] = state.entries()
