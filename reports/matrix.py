@@ -13,23 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conformance.catalogue import CATALOGUE as CASES
 from reports.evidence import Evidence, EvidenceError, Verdict, read_results
 
 MATRIX_FORMAT = "gpuconform-matrix"
 MATRIX_SCHEMA = 1
 
-#: Row order of the matrix: the SPEC catalogue order. Unknown case ids follow alphabetically.
-CATALOGUE: tuple[str, ...] = (
-    "smi.default", "smi.none", "smi.all", "smi.nodes",
-    "count.1", "count.2", "count.max", "count.over", "count.zero",
-    "device.each", "device.uuid", "device.pair", "device.duplicate", "device.mismatch",
-    "device.empty", "device.invalid", "device.unsupported",
-    "exclusive.concurrent", "env.escalation", "release",
-    "cuda.init", "cuda.uuid", "cuda.vectoradd", "cuda.matmul", "cuda.bandwidth",
-)  # fmt: skip
+#: Row order of the matrix: the catalogue the suites run (SPEC order). Unknown ids follow alphabetically.
+CATALOGUE: tuple[str, ...] = tuple(case.id for case in CASES)
 
 #: Column order for the built-in adapters; third-party drivers follow alphabetically.
-KNOWN_DRIVERS: tuple[str, ...] = ("host", "docker", "podman", "kubernetes", "qemu")
+KNOWN_DRIVERS: tuple[str, ...] = ("host", "docker", "podman", "kubernetes", "qemu", "qemu-single")
 
 #: Worst first. When one cell has several records the worst verdict wins, so a duplicate record
 #: can never hide a failure: error > inconclusive > fail > skip > unsupported > rejected > pass.

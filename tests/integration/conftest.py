@@ -43,12 +43,9 @@ class Run:
         return next(r for r in self.results["records"] if r["driver"] == driver and r["case"] == case)
 
 
-def run_conformance(
-    out_dir: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None
-) -> Run:
-    """``pytest conformance`` in a subprocess, as a user would run it, under a known run id."""
-    run_id = "it" + secrets.token_hex(4)
-    argv = [
+def conformance_argv(out_dir: Path, *args: str) -> list[str]:
+    """The ``pytest conformance`` command line a user would type, writing to ``out_dir``."""
+    return [
         sys.executable,
         "-m",
         "pytest",
@@ -66,6 +63,14 @@ def run_conformance(
         str(out_dir.parent / "leases"),
         *args,
     ]
+
+
+def run_conformance(
+    out_dir: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> Run:
+    """``pytest conformance`` in a subprocess, under a known run id."""
+    run_id = "it" + secrets.token_hex(4)
+    argv = conformance_argv(out_dir, *args)
     proc = subprocess.run(
         argv,
         capture_output=True,

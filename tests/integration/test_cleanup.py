@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, podman_containers
+from tests.integration.conftest import REPO, conformance_argv, podman_containers
 
 pytestmark = pytest.mark.integration
 
@@ -38,27 +38,7 @@ def _ours() -> list[str]:
 
 
 def _start_run(out: Path) -> subprocess.Popen[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(REPO / "conformance"),
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "--rootdir",
-        str(REPO),
-        "--out",
-        str(out),
-        "--drivers",
-        "podman",
-        "--sim",
-        "h100x4",
-        "-k",
-        "device",
-        "--lease-dir",
-        str(out.parent / "leases"),
-    ]
+    argv = conformance_argv(out, "--drivers", "podman", "--sim", "h100x4", "-k", "device")
     return subprocess.Popen(
         argv,
         cwd=REPO,
