@@ -156,10 +156,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected_drivers(args: argparse.Namespace) -> list[str] | None:
+    """``--drivers a,b --drivers c`` as one list, or None (every column)."""
+    if not args.drivers:
+        return None
+    return [part.strip() for value in args.drivers for part in value.split(",") if part.strip()]
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from reports.diff import diff
 
-    print(diff(_load(args.baseline)[0], _load(args.current)[0]).summary())
+    baseline, current = _load(args.baseline)[0], _load(args.current)[0]
+    print(diff(baseline, current, drivers=_selected_drivers(args)).summary())
     return 0
 
 
@@ -169,7 +177,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from reports.diff import diff, gate, load_waivers
 
     waivers = load_waivers(Path(args.waivers)) if args.waivers else []
-    result = gate(diff(_load(args.baseline)[0], _load(args.current)[0]), waivers, dt.date.today())
+    baseline, current = _load(args.baseline)[0], _load(args.current)[0]
+    result = gate(diff(baseline, current, drivers=_selected_drivers(args)), waivers, dt.date.today())
     print(result.summary())
     return 0 if result.passed else 1
 
@@ -288,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("baseline")
         p.add_argument("current")
+        p.add_argument(
+            "--drivers",
+            action="append",
+            metavar="LIST",
+            help="compare only these columns (comma separated); other columns missing from "
+            "CURRENT are not regressions",
+        )
         if name == "gate":
             p.add_argument("--waivers", help="YAML/JSON list of {driver, case, reason, expires}")
         p.set_defaults(func=cmd_diff if name == "diff" else cmd_gate)

@@ -9,8 +9,8 @@ The gate fails on any regression not covered by an unexpired waiver naming that 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -102,15 +102,53 @@ def _profile_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | 
     return out
 
 
-def diff(baseline: Matrix, current: Matrix, *, host_map: Mapping[str, str] | None = None) -> MatrixDiff:
+class DriverSelectionError(ValueError):
+    """``--drivers`` names a column that neither matrix has."""
+
+
+def select_drivers(
+    baseline: Matrix, current: Matrix, drivers: Collection[str] | None
+) -> frozenset[str] | None:
+    """The columns to compare: ``None`` (all) or the named ones, each present in some matrix.
+
+    A name in neither matrix is almost always a typo, and comparing nothing would pass any gate.
+    """
+    if drivers is None:
+        return None
+    wanted = frozenset(d for d in drivers if d)
+    known = set(baseline.drivers) | set(current.drivers)
+    known |= {k[1] for k in baseline.cells} | {k[1] for k in current.cells}
+    unknown = sorted(wanted - known)
+    if not wanted or unknown:
+        raise DriverSelectionError(
+            f"--drivers {','.join(unknown) or '(empty)'}: no such column in either matrix "
+            f"(hint: columns are {', '.join(sorted(known)) or 'none'})"
+        )
+    return wanted
+
+
+def diff(
+    baseline: Matrix,
+    current: Matrix,
+    *,
+    host_map: Mapping[str, str] | None = None,
+    drivers: Collection[str] | None = None,
+) -> MatrixDiff:
     """Compare two matrices cell by cell. ``host_map`` renames current hosts to baseline names
-    (for ephemeral CI runners whose host name changes every run)."""
+    (for ephemeral CI runners whose host name changes every run). ``drivers`` restricts the
+    comparison to those columns, so a one-driver run gates against a full baseline: cells and
+    profiles of other drivers are neither regressions nor removals."""
     rename = dict(host_map or {})
+    scope = select_drivers(baseline, current, drivers)
 
     def renamed(key: tuple[str, ...]) -> Any:
         return (rename.get(key[0], key[0]), *key[1:])
 
-    cur_cells: dict[CellKey, Cell] = {renamed(k): c for k, c in current.cells.items()}
+    def in_scope(key: tuple[str, ...]) -> bool:
+        return scope is None or key[1] in scope
+
+    baseline = _restrict(baseline, in_scope)
+    cur_cells: dict[CellKey, Cell] = {renamed(k): c for k, c in current.cells.items() if in_scope(k)}
     cur_sim = {rename.get(h, h): s for h, s in current.simulated.items()}
     regressions: list[CellChange] = []
     improvements: list[CellChange] = []
@@ -141,7 +179,7 @@ def diff(baseline: Matrix, current: Matrix, *, host_map: Mapping[str, str] | Non
             improvements.append(CellChange(key, b.verdict, a.verdict, a.reason))
         else:
             changes.append(CellChange(key, b.verdict, a.verdict, a.reason, note))
-    cur_profiles = {renamed(k): p for k, p in current.profiles.items()}
+    cur_profiles = {renamed(k): p for k, p in current.profiles.items() if in_scope(k)}
     profile_changes = []
     for pkey in sorted(set(baseline.profiles) | set(cur_profiles)):
         delta = _profile_delta(baseline.profiles.get(pkey), cur_profiles.get(pkey))
@@ -151,6 +189,15 @@ def diff(baseline: Matrix, current: Matrix, *, host_map: Mapping[str, str] | Non
         tuple(regressions), tuple(improvements), tuple(changes), tuple(profile_changes),
         tuple(new), tuple(removed), mixed,
     )  # fmt: skip
+
+
+def _restrict(matrix: Matrix, keep: Callable[[tuple[str, ...]], bool]) -> Matrix:
+    """The matrix with only the cells and profiles ``keep`` accepts (simulation flags kept)."""
+    return replace(
+        matrix,
+        cells={k: c for k, c in matrix.cells.items() if keep(k)},
+        profiles={k: p for k, p in matrix.profiles.items() if keep(k)},
+    )
 
 
 class WaiverError(ValueError):

@@ -93,3 +93,46 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "invalid choice: 'frobnicate'" in err
     assert "Traceback" not in err
+
+
+def _write_run(path: Path, rows: dict[tuple[str, str], str]) -> Path:
+    """A results.json of one host with the given (driver, case) -> verdict cells."""
+    from reports.evidence import Evidence, Verdict, write_results
+
+    records = [
+        Evidence(case=c, driver=d, verdict=Verdict(v), reason=f"{d} {c}") for (d, c), v in rows.items()
+    ]
+    meta = {"run_id": path.parent.name, "host": {"host": "runner-a", "simulated": False}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_results(path, records, meta)
+    return path
+
+
+def test_gate_with_drivers_lists_only_that_columns_regressions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = {(d, c): "pass" for d in ("docker", "podman", "qemu") for c in ("smi.default", "count.1")}
+    baseline = _write_run(tmp_path / "baseline" / "results.json", full)
+    current = _write_run(
+        tmp_path / "current" / "results.json",
+        {("docker", "smi.default"): "fail", ("docker", "count.1"): "pass"},
+    )
+    assert main(["gate", str(baseline), str(current)]) == 1
+    unscoped = capsys.readouterr().out
+    assert "runner-a/podman/count.1: pass -> missing" in unscoped
+    assert main(["gate", str(baseline), str(current), "--drivers", "docker"]) == 1
+    out = capsys.readouterr().out
+    blocking = [line for line in out.splitlines() if "BLOCKING" in line]
+    assert blocking == ["  BLOCKING runner-a/docker/smi.default: pass -> fail (docker smi.default)"]
+    assert main(["diff", str(baseline), str(current), "--drivers", "docker"]) == 0
+    assert "podman" not in capsys.readouterr().out
+    assert main(["gate", str(baseline), str(current), "--drivers", "podman"]) == 1  # podman missing now
+    assert "BLOCKING runner-a/podman/count.1: pass -> missing" in capsys.readouterr().out
+
+
+def test_gate_with_an_unknown_driver_is_a_one_line_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _write_run(tmp_path / "r" / "results.json", {("docker", "count.1"): "pass"})
+    assert main(["gate", str(run), str(run), "--drivers", "dokcer"]) == 2
+    assert "no such column in either matrix (hint: columns are docker)" in _one_line_error(capsys)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reports.diff import Waiver, WaiverError, diff, gate, load_waivers
+from reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
 from reports.evidence import Evidence, Verdict
 from reports.matrix import Matrix, build_matrix
 
@@ -220,3 +220,31 @@ def test_waiver_file_that_is_not_a_list_or_missing_is_an_error(tmp_path: Path) -
         load_waivers(tmp_path / "w.yaml")
     with pytest.raises(WaiverError, match="cannot read waiver file"):
         load_waivers(tmp_path / "absent.yaml")
+
+
+def test_drivers_scope_compares_only_the_named_column_against_a_full_baseline() -> None:
+    """A docker-only run gated against the full baseline: podman's absent column is not missing."""
+    docker_only = {k: None for k in BASE_ROWS if k[0] == "podman"}
+    current = make_matrix({**docker_only, ("docker", "cuda.init"): Verdict.FAIL})
+    unscoped = diff(make_matrix(), current)
+    assert ("gpu-a", "podman", "count.1") in keys(unscoped.regressions)  # what the scope fixes
+    d = diff(make_matrix(), current, drivers=["docker"])
+    assert keys(d.regressions) == {("gpu-a", "docker", "cuda.init")}
+    assert d.removed_cells == ()
+    assert d.profile_changes == ()
+    result = gate(d, [], TODAY)
+    assert not result.passed
+    assert "podman" not in result.summary()
+
+
+def test_drivers_scope_still_reports_a_missing_cell_of_the_named_column() -> None:
+    current = make_matrix({("docker", "count.1"): None})
+    d = diff(make_matrix(), current, drivers=["docker"])
+    assert keys(d.regressions) == {("gpu-a", "docker", "count.1")}
+
+
+def test_drivers_scope_naming_no_column_of_either_matrix_is_an_error() -> None:
+    with pytest.raises(
+        DriverSelectionError, match=r"--drivers dcoker: no such column .*hint: columns are docker, podman"
+    ):
+        diff(make_matrix(), make_matrix(), drivers=["docker", "dcoker"])
