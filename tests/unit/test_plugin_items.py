@@ -81,9 +81,9 @@ def test_suite_runs_one_item_per_case_with_verdict_words_and_results(run: Run) -
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.OK, out + result.stderr.str()
     for line in (
-        r"test_suite\.py::host-count\.zero REJECTED\b.*",
-        r"test_suite\.py::host-device\.empty REJECTED\b.*",
-        r"test_suite\.py::host-count\.over UNSUPPORTED\b.*",
+        r"test_suite\.py::test_count_zero\[host-count\.zero\] REJECTED\b.*",
+        r"test_suite\.py::test_device_empty\[host-device\.empty\] REJECTED\b.*",
+        r"test_suite\.py::test_count_over\[host-count\.over\] UNSUPPORTED\b.*",
     ):
         result.stdout.re_match_lines([line])
     assert "count::zero" not in out and "device::empty" not in out
@@ -111,7 +111,7 @@ def test_k_selects_items_by_driver_and_case_id(run: Run) -> None:
     result = run("--collect-only", "-q", "-k", "host and zero")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     ids = [line for line in result.stdout.lines if line.startswith("test_suite.py::")]
-    assert ids == ["test_suite.py::host-count.zero"]
+    assert ids == ["test_suite.py::test_count_zero[host-count.zero]"]
     assert not (run.state / "runs" / run.run_id).exists()
 
 
@@ -120,7 +120,55 @@ def test_one_item_per_driver_and_case(run: Run) -> None:
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     ids = sorted(line for line in result.stdout.lines if line.startswith("test_suite.py::"))
     assert ids == sorted(
-        f"test_suite.py::{driver}-{case}"
+        f"test_suite.py::test_{case.replace('.', '_')}[{driver}-{case}]"
         for driver in ("host", "podman")
         for case in ("count.zero", "device.empty", "count.over")
     )
+
+
+def test_k_selects_one_driver_and_one_dotted_case(run: Run) -> None:
+    result = run("--collect-only", "-q", "--drivers", "host,podman", "-k", "podman and device.empty")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    ids = [line for line in result.stdout.lines if line.startswith("test_suite.py::")]
+    assert ids == ["test_suite.py::test_device_empty[podman-device.empty]"]
+
+
+DROP_ONE = """
+def pytest_runtest_protocol(item, nextitem):
+    # What a scheduler that loses an item looks like: the cell never runs, nothing is reported.
+    return True if item.name.endswith("[host-device.empty]") else None
+"""
+
+CLAIM_TWICE = """
+
+@case("count.zero")
+def test_count_zero_again(cell):
+    cell.expect_rejection(GpuRequest.of_count(0), validation=True, must_name="greater than 0")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the simulated host lives under /run/gpuconform (root only)")
+def test_a_cell_that_never_runs_fails_the_run_naming_it(run: Run) -> None:
+    run.pytester.makeconftest(DROP_ONE)
+    result = run()
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    result.stdout.fnmatch_lines(
+        ["*INCOMPLETE RUN*", "error: cell host-device.empty was selected but produced no*"]
+    )
+    records = {r["case"]: r for r in json.loads((run.out / "results.json").read_text())["records"]}
+    assert records["device.empty"]["verdict"] == "error"
+    assert records["count.zero"]["verdict"] == "rejected"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the simulated host lives under /run/gpuconform (root only)")
+def test_two_items_claiming_one_cell_fail_the_run_naming_it(run: Run) -> None:
+    run.pytester.makepyfile(test_suite=SUITE + CLAIM_TWICE)
+    result = run()
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    result.stdout.fnmatch_lines(
+        ["error: cell host-count.zero produced 2 evidence records (rejected, rejected)*"]
+    )
+    records = json.loads((run.out / "results.json").read_text())["records"]
+    assert [r["verdict"] for r in records if r["case"] == "count.zero"] == ["error"]
