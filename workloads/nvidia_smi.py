@@ -31,28 +31,78 @@ _NO_DEVICES = frozenset({NO_DEVICES_LIST, NO_DEVICES_QUERY})
 
 QUERY_FIELDS: tuple[str, ...] = ("index", "uuid", "name", "pci.bus_id", "memory.total", "driver_version")
 
+# nvmlReturn_t (nvml.h). nvidia-smi exits with the return code where it fits in 8 bits and with 255
+# for the rest (NVML_ERROR_UNKNOWN is 999), so every value below 256 that NVML defines is named.
 NVML_EXIT_CODES: Mapping[int, str] = MappingProxyType(
     {
         0: "SUCCESS",
+        1: "UNINITIALIZED",
         2: "INVALID_ARGUMENT",
         3: "NOT_SUPPORTED",
         4: "NO_PERMISSION",
+        5: "ALREADY_INITIALIZED",
         6: "NOT_FOUND",
+        7: "INSUFFICIENT_SIZE",
         8: "INSUFFICIENT_POWER",
         9: "DRIVER_NOT_LOADED",
         10: "TIMEOUT",
+        11: "IRQ_ISSUE",
         12: "LIBRARY_NOT_FOUND",
         13: "FUNCTION_NOT_FOUND",
         14: "CORRUPTED_INFOROM",
         15: "GPU_IS_LOST",
+        16: "RESET_REQUIRED",
+        17: "OPERATING_SYSTEM",
+        18: "LIB_RM_VERSION_MISMATCH",
+        19: "IN_USE",
+        20: "MEMORY",
+        21: "NO_DATA",
+        22: "VGPU_ECC_NOT_SUPPORTED",
+        23: "INSUFFICIENT_RESOURCES",
+        24: "FREQ_NOT_SUPPORTED",
+        25: "ARGUMENT_VERSION_MISMATCH",
+        26: "DEPRECATED",
+        27: "NOT_READY",
+        28: "GPU_NOT_FOUND",
+        29: "INVALID_STATE",
         255: "UNKNOWN",
     }
 )
 
 
 def nvml_error_name(exit_code: int) -> str:
-    """The NVML name of an nvidia-smi exit code, or ``EXIT_<n>`` for a code NVML does not define."""
+    """The NVML name of an nvidia-smi exit code, or ``EXIT_<n>`` for a code NVML does not define.
+
+    ``EXIT_<n>`` remains for codes outside 0..255 (a signal, a runtime's own status) and for values
+    a newer nvml.h may add: naming them would be a guess.
+    """
     return NVML_EXIT_CODES.get(exit_code, f"EXIT_{exit_code}")
+
+
+# What nvidia-smi prints for the failures a sandbox meets most, and the nvmlReturn_t each means.
+# Matched case-insensitively on a substring; the first match wins, so specific texts come first.
+_NVML_FAILURE_TEXTS: tuple[tuple[str, str], ...] = (
+    ("driver/library version mismatch", "LIB_RM_VERSION_MISMATCH"),
+    ("couldn't communicate with the nvidia driver", "DRIVER_NOT_LOADED"),
+    ("driver not loaded", "DRIVER_NOT_LOADED"),
+    ("nvml shared library not found", "LIBRARY_NOT_FOUND"),
+    ("couldn't find libnvidia-ml.so", "LIBRARY_NOT_FOUND"),
+    ("insufficient permissions", "NO_PERMISSION"),
+    ("gpu is lost", "GPU_IS_LOST"),
+    ("no devices were found", "NOT_FOUND"),
+    ("infoROM is corrupted".lower(), "CORRUPTED_INFOROM"),
+    ("failed to initialize nvml: unknown error", "UNKNOWN"),
+)
+
+
+def nvml_error_in(text: str) -> str | None:
+    """The NVML error a failing nvidia-smi's message names, or None when it names none we know.
+
+    Evidence for a failure should say what broke even where the exit status was lost (a runtime
+    that reports only "exit 1" for its exec), so the text is read as well as the code.
+    """
+    lowered = text.lower()
+    return next((name for marker, name in _NVML_FAILURE_TEXTS if marker in lowered), None)
 
 
 class SmiParseError(ValueError):
@@ -112,7 +162,9 @@ class ListedGpu:
     mig: tuple[ListedMig, ...] = ()
 
 
-_FIELD_NAME_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+# Documented names are not all lowercase: pci.baseClass, encoder.stats.sessionCount,
+# vgpu_driver_capability.heterogenous_multivGPU.
+_FIELD_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
 
 
 def _check_fields(fields: Sequence[str]) -> list[str]:
@@ -201,9 +253,15 @@ def _header_names(line: str) -> list[str] | None:
     return [m["name"] for m in matches if m] if all(matches) else None
 
 
+# Unbracketed forms of "unavailable" that CSV output uses for some fields (e.g. a bare ``N/A``).
+_BARE_UNAVAILABLE = frozenset({"N/A"})
+
+
 def _query_value(name: str, raw: str, number: int) -> Value:
     if _BRACKETED_RE.fullmatch(raw):
         return Unavailable(raw)
+    if raw in _BARE_UNAVAILABLE:
+        return Unavailable(f"[{raw}]")
     if name in _INT_FIELDS:
         if not _INT_RE.fullmatch(raw):
             raise _error(f"an integer for {name}", raw, line=number)
@@ -316,6 +374,25 @@ def _xml_mig_devices(gpu: ET.Element, where: str) -> list[dict[str, Value]]:
     return devices
 
 
+MIG_NOT_APPLICABLE = Unavailable("[N/A]")
+
+
+def _xml_mig(gpu: ET.Element, where: str) -> dict[str, XmlValue]:
+    """MIG mode and devices; a GPU without ``<mig_mode>`` (drivers before R450) has no MIG at all.
+
+    Such a GPU's XML has no ``<mig_devices>`` either; a ``<mig_devices>`` without ``<mig_mode>``
+    is refused, since a driver that lists MIG devices also states the mode.
+    """
+    if gpu.find("mig_mode") is None:
+        if gpu.find("mig_devices") is not None:
+            raise SmiParseError(f"expected <mig_mode> in {where} (it has <mig_devices>), got none")
+        return {"mig_mode": MIG_NOT_APPLICABLE, "mig_devices": []}
+    return {
+        "mig_mode": _xml_value(gpu, "mig_mode/current_mig", where),
+        "mig_devices": list(_xml_mig_devices(gpu, where)),
+    }
+
+
 def _xml_bus_id(gpu: ET.Element, where: str) -> str:
     """The bus id from ``<pci/pci_bus_id>`` and the ``id`` attribute; either may be absent, not both."""
     raw = [r for r in (gpu.get("id"), gpu.findtext("pci/pci_bus_id")) if r is not None]
@@ -365,8 +442,7 @@ def parse_xml(text: str) -> list[dict[str, XmlValue]]:
                 "minor_number": _xml_int(gpu, "minor_number", where),
                 "memory.total": _xml_int(gpu, "fb_memory_usage/total", where, mib=True),
                 "driver_version": driver,
-                "mig_mode": _xml_value(gpu, "mig_mode/current_mig", where),
-                "mig_devices": list(_xml_mig_devices(gpu, where)),
+                **_xml_mig(gpu, where),
             }
         )
     return result

@@ -324,7 +324,7 @@ def test_parse_query_rejects_rows_with_the_wrong_number_of_columns(row: str) -> 
         (0, "-1", "an integer for index"),
         (4, "81559 GiB", r"an integer \(MiB\) for memory.total"),
         (4, "81.5 MiB", r"an integer \(MiB\) for memory.total"),
-        (4, "N/A", r"an integer \(MiB\) for memory.total"),
+        (4, "NA", r"an integer \(MiB\) for memory.total"),
         (3, "18:00.0", "a PCI bus id"),
         (1, "GPU-whatever", "a UUID like GPU-"),
         (1, MIG_UUID, "a UUID like GPU-"),
@@ -521,14 +521,15 @@ def test_parse_xml_rejects_empty_output() -> None:
     ("code", "name"),
     [(0, "SUCCESS"), (2, "INVALID_ARGUMENT"), (4, "NO_PERMISSION"), (6, "NOT_FOUND"),
      (9, "DRIVER_NOT_LOADED"), (12, "LIBRARY_NOT_FOUND"), (14, "CORRUPTED_INFOROM"), (15, "GPU_IS_LOST"),
-     (255, "UNKNOWN"), (1, "EXIT_1"), (7, "EXIT_7"), (127, "EXIT_127"), (-9, "EXIT_-9")],
+     (255, "UNKNOWN"), (1, "UNINITIALIZED"), (7, "INSUFFICIENT_SIZE"), (18, "LIB_RM_VERSION_MISMATCH"),
+     (29, "INVALID_STATE"), (30, "EXIT_30"), (127, "EXIT_127"), (256, "EXIT_256"), (-9, "EXIT_-9")],
 )  # fmt: skip
 def test_nvml_error_name_names_known_codes_and_falls_back_for_others(code: int, name: str) -> None:
     assert nvml_error_name(code) == name
 
 
 def test_nvml_exit_codes_cover_the_documented_set_and_are_read_only() -> None:
-    assert sorted(NVML_EXIT_CODES) == [0, 2, 3, 4, 6, 8, 9, 10, 12, 13, 14, 15, 255]
+    assert sorted(NVML_EXIT_CODES) == [*range(30), 255]
     with pytest.raises(TypeError):
         NVML_EXIT_CODES[1] = "UNINITIALIZED"  # type: ignore[index]
 
@@ -563,3 +564,54 @@ def test_unavailable_holds_bracketed_text_only() -> None:
     assert str(Unavailable("[Not Supported]")) == "[Not Supported]"
     with pytest.raises(ValueError, match="must be bracketed"):
         Unavailable("N/A")
+
+
+# ---- defects met on real output (issue 10): each of these failed before the fix ----------------
+
+
+CAMEL_FIELDS = (
+    "pci.baseClass",
+    "encoder.stats.sessionCount",
+    "vgpu_driver_capability.heterogenous_multivGPU",
+)
+
+
+def test_query_accepts_documented_camel_case_field_names_in_the_header() -> None:
+    text = f"{', '.join(CAMEL_FIELDS)}\n0x03, 0, No\n"
+    assert parse_query(text) == [
+        {"pci.baseClass": "0x03", "encoder.stats.sessionCount": "0", CAMEL_FIELDS[2]: "No"}
+    ]
+
+
+def test_query_accepts_camel_case_names_in_the_callers_field_list() -> None:
+    assert parse_query("0x03, 0, No\n", fields=CAMEL_FIELDS)[0]["pci.baseClass"] == "0x03"
+    assert query_argv(CAMEL_FIELDS)[1] == f"--query-gpu={','.join(CAMEL_FIELDS)}"
+
+
+def test_exit_18_is_named_as_nvml_names_it() -> None:
+    assert nvml_error_name(18) == "LIB_RM_VERSION_MISMATCH"
+
+
+def test_xml_without_mig_mode_means_mig_not_applicable() -> None:
+    text = read("h100x2_q.xml")
+    start, end = text.index("<mig_mode>"), text.index("</mig_mode>") + len("</mig_mode>")
+    old = text[:start] + text[end:]
+    start, end = old.index("<mig_devices>"), old.index("</mig_devices>") + len("</mig_devices>")
+    old = old[:start] + old[end:]
+    gpus = parse_xml(old)
+    assert gpus[0]["mig_mode"] == Unavailable("[N/A]")
+    assert gpus[0]["mig_devices"] == []
+
+
+def test_xml_with_mig_devices_but_no_mig_mode_is_refused() -> None:
+    text = read("h100x2_q.xml")
+    start, end = text.index("<mig_mode>"), text.index("</mig_mode>") + len("</mig_mode>")
+    with pytest.raises(SmiParseError, match="expected <mig_mode>"):
+        parse_xml(text[:start] + text[end:])
+
+
+def test_query_bare_na_is_unavailable_like_the_bracketed_form() -> None:
+    (row,) = parse_query(
+        "GPU-22b2c6ac-2d49-4863-197c-9c469071178a, N/A\n", fields=("uuid", "temperature.memory")
+    )
+    assert row["temperature.memory"] == Unavailable("[N/A]")
