@@ -14,11 +14,15 @@ from drivers.base import Adapter, AdapterContext, HarnessError
 BUILTIN: dict[str, str] = {
     "host": "drivers.host:HostAdapter",
     "podman": "drivers.podman:PodmanAdapter",
-    "docker": "drivers.docker:DockerAdapter",
+    "docker-legacy": "drivers.docker:DockerLegacyAdapter",
+    "docker-cdi": "drivers.docker:DockerCdiAdapter",
     "kubernetes": "drivers.kubernetes:KubernetesAdapter",
     "qemu": "drivers.qemu:QemuAdapter",
     "qemu-single": "drivers.qemu:QemuSingleAdapter",
 }
+# Names kept for compatibility: accepted by --drivers and reaped, never a column of a default run
+# (it would repeat its target's column). ``docker`` is ``docker-legacy`` (drivers.docker_payload).
+ALIASES: dict[str, str] = {"docker": "drivers.docker:DockerAdapter"}
 ENTRY_POINT_GROUP = "gpuconform.adapters"
 
 
@@ -27,7 +31,7 @@ class UnknownDriver(HarnessError):
 
 
 def _targets() -> dict[str, str]:
-    targets = dict(BUILTIN)
+    targets = {**BUILTIN, **ALIASES}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         targets.setdefault(ep.name, ep.value)
     return targets
@@ -35,6 +39,21 @@ def _targets() -> dict[str, str]:
 
 def known_drivers() -> list[str]:
     return sorted(_targets())
+
+
+VM_PASSTHROUGH: frozenset[str] = frozenset({"qemu", "qemu-single"})
+
+
+def default_drivers(real_gpus: bool) -> list[str]:
+    """The drivers a run without ``--drivers`` covers: built-ins first, then entry points.
+
+    With ``real_gpus`` (a host driver holds this machine's real GPUs) the VM pass-through drivers
+    are left out: they unbind GPUs from the host driver, so they run only when named
+    (``--drivers qemu``). On a simulated host they bind a fake sysfs and stay in.
+    """
+    builtin = list(BUILTIN)
+    names = builtin + [d for d in known_drivers() if d not in builtin]
+    return [d for d in names if not (real_gpus and d in VM_PASSTHROUGH)]
 
 
 def load_adapter_class(name: str) -> type[Adapter]:
