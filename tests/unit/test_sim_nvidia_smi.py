@@ -1,7 +1,9 @@
-"""The simulated nvidia-smi, run under busybox sh and dash against temporary node/descriptor dirs.
+"""The simulated nvidia-smi ELF and its libnvidia-ml.so.1, run against temporary node/descriptor dirs.
 
 It must behave like the real tool where the harness looks (formats, renumbering, exit codes), and
-run in images without bash or Python, so every test runs under both shells explicitly.
+be shaped like it: a dynamically linked program that needs the glibc loader and its NVML library,
+so that an image without glibc cannot run it (tests/integration/test_simgpu_podman.py runs that).
+Every test runs the binary built from fixtures/simgpu/smi/ into this session's own cache.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from fixtures.simgpu.faults import parse_faults
-from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, format_descriptor
+from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, NVML_SONAME, format_descriptor
 from fixtures.simgpu.plan import descriptor_fields
 from fixtures.simgpu.profiles import SimGpu, get_profile
+from fixtures.simgpu.smi_build import SmiBuild, ensure_built
 
-SCRIPT = Path(__file__).resolve().parents[2] / "fixtures" / "simgpu" / "nvidia-smi.sh"
 GPUS = get_profile("h100x4").gpus
-SHELLS = {"busybox": ["busybox", "sh"], "dash": ["dash"]}
 INVALID = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
 ALL_FIELDS = "index,uuid,name,pci.bus_id,memory.total,driver_version,minor_number,count"
 
@@ -34,51 +35,71 @@ class Run:
     err: str
 
 
-@pytest.fixture(params=sorted(SHELLS))
-def shell(request: pytest.FixtureRequest) -> list[str]:
-    argv = SHELLS[request.param]
-    if shutil.which(argv[0]) is None:
-        pytest.skip(f"{argv[0]} is not installed (apt-get install busybox-static dash)")
-    return argv
+@pytest.fixture(scope="module")
+def smi(tmp_path_factory: pytest.TempPathFactory) -> SmiBuild:
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.fail("no C compiler: the simulated nvidia-smi cannot be built (apt-get install gcc libc6-dev)")
+    return ensure_built(tmp_path_factory.mktemp("smi-cache"))
 
 
 class Sandbox:
     """A fake sandbox: /dev and the descriptor dir, holding the GPUs "injected" into it."""
 
-    def __init__(self, tmp: Path, shell: list[str]) -> None:
-        self.dev, self.desc, self.shell = tmp / "dev", tmp / "gpus", shell
+    def __init__(self, tmp: Path, smi: SmiBuild) -> None:
+        self.dev, self.desc, self.smi = tmp / "dev", tmp / "gpus", smi
         self.dev.mkdir()
         self.desc.mkdir()
 
     def inject(self, gpus: Sequence[SimGpu], faults: Sequence[str] = ()) -> None:
         parsed = parse_faults(faults, len(GPUS))
         for gpu in gpus:
-            (self.dev / f"nvidia{gpu.minor}").touch()  # the script checks existence, as -e
+            (self.dev / f"nvidia{gpu.minor}").touch()  # NVML's discovery checks that the node exists
             (self.desc / str(gpu.minor)).write_text(format_descriptor(descriptor_fields(gpu, parsed)))
 
     def run(self, *args: str) -> Run:
         env = {**os.environ, ENV_DEV_DIR: str(self.dev), ENV_DESC_DIR: str(self.desc)}
         proc = subprocess.run(
-            [*self.shell, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30
+            [str(self.smi.binary), *args], env=env, capture_output=True, text=True, timeout=30
         )
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture
-def box(tmp_path: Path, shell: list[str]) -> Sandbox:
-    return Sandbox(tmp_path, shell)
+def box(tmp_path: Path, smi: SmiBuild) -> Sandbox:
+    return Sandbox(tmp_path, smi)
+
+
+def _readelf(path: Path, flag: str) -> str:
+    argv = ["readelf", flag, str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def test_binary_is_a_dynamically_linked_elf_needing_our_nvml_and_glibc(smi: SmiBuild) -> None:
+    assert smi.binary.read_bytes()[:4] == b"\x7fELF"
+    dynamic = _readelf(smi.binary, "-d")
+    assert f"Shared library: [{NVML_SONAME}]" in dynamic
+    assert "Shared library: [libc.so.6]" in dynamic
+    assert f"Library runpath: [$ORIGIN/../lib/{smi.multiarch}]" in dynamic
+    assert "Requesting program interpreter: /lib" in _readelf(smi.binary, "-l")
+    assert smi.library.parent == smi.root / "lib" / smi.multiarch
+    assert f"Library soname: [{NVML_SONAME}]" in _readelf(smi.library, "-d")
+
+
+def test_without_its_library_the_binary_does_not_run(box: Sandbox, tmp_path: Path) -> None:
+    lonely = tmp_path / "alone" / "bin" / "nvidia-smi"
+    lonely.parent.mkdir(parents=True)
+    shutil.copy2(box.smi.binary, lonely)
+    proc = subprocess.run([str(lonely), "-L"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 127
+    assert f"{NVML_SONAME}: cannot open shared object file" in proc.stderr
+
+
+def test_rebuild_is_cached_by_content(smi: SmiBuild) -> None:
+    assert ensure_built(smi.root.parent) == smi
 
 
 def listed(gpu: SimGpu, index: int) -> str:
     return f"GPU {index}: {gpu.model.name} (UUID: {gpu.uuid})"
-
-
-def test_script_is_posix_sh_with_the_right_shebang() -> None:
-    text = SCRIPT.read_text()
-    assert text.startswith("#!/bin/sh\n")
-    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    for bashism in ("[[", "declare ", "local ", "function ", "<<<", "${!", "$'", " == ", "pipefail"):
-        assert bashism not in code, bashism
 
 
 def test_list_gpus(box: Sandbox) -> None:
@@ -154,7 +175,9 @@ def test_plain_invocation_prints_a_table(box: Sandbox) -> None:
     assert result.rc == 0
     assert "Driver Version: 580.105.08" in result.out
     assert "00000000:2A:00.0" in result.out
-    assert len({len(line) for line in result.out.splitlines()}) == 1, "table rows are aligned"
+    lines = result.out.splitlines()
+    assert len({len(line) for line in lines}) == 1, "table rows are aligned"
+    assert lines[-1] == lines[2] == "+" + "+".join("-" * n for n in (38, 18, 15, 12)) + "+"
 
 
 def test_lost_gpu_fails_commands_touching_it_with_exit_15(box: Sandbox) -> None:
@@ -244,7 +267,7 @@ def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
         (GPUS[3].uuid, 3, GPUS[3].pci_sysfs),
     ]
     (box.dev.parent / "empty").mkdir()
-    empty = Sandbox(box.dev.parent / "empty", box.shell)
+    empty = Sandbox(box.dev.parent / "empty", box.smi)
     assert smi.parse_list(empty.run("-L").out) == ()
     assert smi.parse_query(empty.run("--query-gpu=uuid", "--format=csv").out) == []
     assert smi.nvml_error_name(box.run("--bogus").rc) == "INVALID_ARGUMENT"

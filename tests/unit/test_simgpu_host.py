@@ -61,7 +61,15 @@ def test_up_builds_nodes_descriptors_nvidia_smi_inventory_plan_and_spec(dirs: tu
     assert stat.S_IMODE((root / "gpus" / "0").stat().st_mode) == 0o644
     smi = host.nvidia_smi_path
     assert stat.S_IMODE(smi.stat().st_mode) == 0o755
-    assert smi.read_text().startswith("#!/bin/sh\n")
+    assert smi.read_bytes()[:4] == b"\x7fELF"
+    library = root / "lib" / host.state["multiarch"] / "libnvidia-ml.so.1"
+    assert host.nvml_library_path == library
+    assert library.read_bytes()[:4] == b"\x7fELF"
+    common = {m["containerPath"]: m["hostPath"] for m in host.plan["common"]["mounts"]}
+    assert common == {
+        "/usr/bin/nvidia-smi": str(smi),
+        f"/usr/lib/{host.state['multiarch']}/libnvidia-ml.so.1": str(library),
+    }
     inventory = Inventory.loads((root / "inventory.json").read_text())
     assert inventory == host.inventory
     assert inventory.simulated
