@@ -7,14 +7,19 @@ points it at its private dockerd. Container create/start/remove go through testc
 ``DockerContainer`` (Ryuk disabled: its image cannot be pulled here and it misbehaves under
 xdist; leftovers are reaped by label with ``gc``). Exec uses the low-level API with our own
 frame reader, because docker-py's ``exec_run`` has no deadline. Request construction and the
-GPU path choice live in drivers.docker_payload.
+GPU path's wire format live in drivers.docker_payload.
+
+Three names, two columns: ``docker-cdi`` (CDI path), ``docker-legacy`` (hook path) and the alias
+``docker`` (= ``docker-legacy``). The class fixes the path; an engine that cannot take it makes
+the column unavailable with the reason. Options are read per column (``docker-cdi.host``), then
+shared (``docker.host``), so one run can drive two engines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,10 +48,9 @@ from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY
 from drivers.request import GpuRequest
 from drivers.selection import Selection, select_gpus
 
-DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 KEEPALIVE = ["sleep", "2147483647"]
 PING_TIMEOUT_S = 3.0
-UNREACHABLE_HINT = "start dockerd, or point docker.host / DOCKER_HOST at it"
+UNREACHABLE_HINT = "start dockerd, or point docker.host (or docker-cdi.host) / DOCKER_HOST at it"
 API_TIMEOUT_S = 60.0
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
@@ -56,7 +60,7 @@ class DockerSandbox(Sandbox):
         self.adapter = adapter
         self._container = container  # testcontainers DockerContainer
         self.id = container.get_container_id()
-        self.driver = "docker"
+        self.driver = adapter.name
         self.request = req
         self.granted = selection.granted
         self.versions = dict(adapter.versions)
@@ -123,23 +127,26 @@ class DockerSandbox(Sandbox):
 
 
 class DockerAdapter(Adapter):
+    """The ``docker`` column: an alias of ``docker-legacy`` (see drivers.docker_payload)."""
+
     name = "docker"
     id_scheme = SCHEME_CDI
+    gpu_path = wire.GPU_PATH_LEGACY
 
     def __init__(self, ctx: AdapterContext) -> None:
         super().__init__(ctx)
         self._client: docker.DockerClient | None = None
-        self._facts: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._ready: Availability | None = None
         self.versions: dict[str, str] = {}
 
     # Engine ---------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return self.ctx.options.get("docker.host") or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+        return wire.engine_url(self.ctx.options, self.name)
 
     @property
     def api_timeout(self) -> float:
-        return float(self.ctx.options.get("docker.timeout", API_TIMEOUT_S))
+        return float(wire.column_option(self.ctx.options, self.name, "timeout") or API_TIMEOUT_S)
 
     def _unreachable(self, exc: BaseException) -> str:
         return f"docker engine not reachable at {self.base_url}: {one_line(exc)}"
@@ -153,28 +160,41 @@ class DockerAdapter(Adapter):
                 raise DriverUnavailable(self._unreachable(exc), hint=UNREACHABLE_HINT) from None
         return self._client
 
-    def _engine_facts(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        if self._facts is None:
-            api = self.client().api
-            try:
-                self._facts = (api.version(), api.info())
-            except ENGINE_ERRORS as exc:
-                raise DriverUnavailable(self._unreachable(exc), hint=UNREACHABLE_HINT) from None
-            path, why = wire.choose_gpu_path(*self._facts, self.ctx.options.get("docker.gpu_path"))
-            self.versions = wire.engine_versions(*self._facts, path, why)
-        return self._facts
-
-    @property
-    def gpu_path(self) -> str:
-        self._engine_facts()
-        return self.versions["gpu_path"]
-
     @property
     def profile(self) -> Profile:
-        forced = self.ctx.options.get("docker.gpu_path")
-        if not forced and self._facts is None:
-            self.available()  # bounded by the ping timeout; learns the path when the engine answers
-        return wire.profile_for(forced or self.versions.get("gpu_path", "unknown (engine not reachable)"))
+        return wire.profile_for(self.name, self.gpu_path)
+
+    def _legacy_hook(self) -> str | None:
+        """Where the engine finds nvidia-container-runtime-hook: the ``legacy_hook`` option (the
+        private daemon's PATH), else this machine's PATH (a local engine shares it)."""
+        return wire.column_option(self.ctx.options, self.name, "legacy_hook") or shutil.which(wire.HOOK_NAME)
+
+    def _judge(self, version: Mapping[str, Any], info: Mapping[str, Any]) -> Availability:
+        """Whether this engine can take this column's path; the versions for the evidence."""
+        if wire.column_option(self.ctx.options, self.name, "gpu_path"):
+            return Availability(
+                False,
+                f"the docker.gpu_path option is gone: the column fixes the path ({self.name} is "
+                f"{self.gpu_path}); run the docker-cdi or docker-legacy column instead",
+            )
+        ok, why = wire.path_support(self.gpu_path, version, info, hook=self._legacy_hook())
+        versions = wire.engine_versions(version, info, self.gpu_path, why)
+        if not ok:
+            return Availability(False, f"{self.name}: {why}", versions=versions)
+        if self.gpu_path == wire.GPU_PATH_CDI:
+            kind = self.ctx.inventory.cdi_kind
+            dirs = wire.cdi_spec_dirs(info)
+            if self.base_url.startswith("unix://") or wire.discovered_cdi_devices(info):
+                spec = wire.cdi_spec_for_kind(dirs, kind, info)
+                if spec is None:
+                    why = (
+                        f"{self.name}: no CDI spec of kind {kind} in the engine's spec dirs {', '.join(dirs)}"
+                    )
+                    return Availability(False, why, versions=versions)
+                versions["cdi_spec_file"], versions["cdi_spec_version"] = spec
+            else:
+                versions["cdi_spec_file"] = f"not checked: the spec dirs of {self.base_url} are not local"
+        return Availability(True, versions=versions)
 
     def available(self) -> Availability:
         try:
@@ -184,14 +204,19 @@ class DockerAdapter(Adapter):
         try:
             probe.ping()
             facts = (probe.api.version(), probe.api.info())
-            path, why = wire.choose_gpu_path(*facts, self.ctx.options.get("docker.gpu_path"))
         except ENGINE_ERRORS as exc:
             return Availability(False, self._unreachable(exc))
         finally:
             probe.close()
-        self._facts = facts
-        self.versions = wire.engine_versions(*facts, path, why)
-        return Availability(True, versions=dict(self.versions))
+        self._ready = self._judge(*facts)
+        self.versions = dict(self._ready.versions)
+        return self._ready
+
+    def _require_ready(self) -> None:
+        """Provision only on an engine that takes this column's path (never the other one)."""
+        ready = self._ready if self._ready is not None else self.available()
+        if not ready.ok:
+            raise DriverUnavailable(ready.reason, hint=UNREACHABLE_HINT)
 
     def all_ids(self) -> list[str] | None:
         return [self.ctx.inventory.cdi_all]
@@ -224,7 +249,7 @@ class DockerAdapter(Adapter):
     ) -> Sandbox:
         req.validate()
         start = time.monotonic()
-        self._engine_facts()
+        self._require_ready()
         selection = self._select(req, deadline)  # count.over is refused here, before any create
         try:
             container = self._start(req, selection, image, labels, env, deadline)
@@ -327,3 +352,17 @@ class DockerAdapter(Adapter):
         for entry in entries:
             self.remove(entry["Id"])
         return [wire.container_label(c) for c in entries]
+
+
+class DockerLegacyAdapter(DockerAdapter):
+    """The ``docker-legacy`` column: ``--gpus``-style requests, the NVIDIA hook or runtime."""
+
+    name = "docker-legacy"
+    gpu_path = wire.GPU_PATH_LEGACY
+
+
+class DockerCdiAdapter(DockerAdapter):
+    """The ``docker-cdi`` column: CDI names in ``DeviceRequest(driver="cdi")`` (``--device``)."""
+
+    name = "docker-cdi"
+    gpu_path = wire.GPU_PATH_CDI

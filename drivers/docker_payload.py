@@ -4,24 +4,29 @@ Functions over the engine's ``/version`` and ``/info`` answers and the inventory
 the adapter so the exact API payload for every request shape is easy to see and to test; and the
 reader of the multiplexed exec stream, which gives exec a hard deadline (docker-py has none).
 
-Two GPU paths (SPEC section 3):
-- ``cdi``: Engine >= 25 with CDI enabled (``CDISpecDirs`` non-empty in ``/info``; on by default
-  from 28.2). ``DeviceRequest(driver="cdi", device_ids=[<CDI names>])``, names passed untouched,
-  so the engine itself judges them.
-- ``legacy``: older engines or CDI off. ``DeviceRequest(device_ids=[...] | count=-1,
+Two GPU paths (SPEC section 3), one matrix column each; a column's name fixes its path on every
+host, and a column whose engine cannot take its path is unavailable (never the other path):
+- ``docker-cdi``: Engine >= 25 with CDI enabled (``CDISpecDirs`` non-empty in ``/info``; on by
+  default from 28.2) and a spec of the inventory's kind in those dirs.
+  ``DeviceRequest(driver="cdi", device_ids=[<CDI names>])``, names passed untouched, so the
+  engine itself judges them.
+- ``docker-legacy`` (alias ``docker``): ``DeviceRequest(device_ids=[...] | count=-1,
   capabilities=[["gpu"]])``: dockerd sets NVIDIA_VISIBLE_DEVICES from the ids and runs
-  ``nvidia-container-runtime-hook``. CDI names are mapped to the legacy ids (index or UUID, same
-  form) through the inventory; ids it does not know are refused here, naming them.
+  ``nvidia-container-runtime-hook`` (needs the hook on dockerd's PATH or the nvidia runtime).
+  CDI names are mapped to the legacy ids (index or UUID, same form) through the inventory; ids
+  it does not know are refused here, naming them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from drivers.base import Deadline, HarnessError, Profile, RequestRejected
@@ -31,6 +36,14 @@ from drivers.request import GpuRequest
 GPU_PATH_CDI = "cdi"
 GPU_PATH_LEGACY = "legacy"
 GPU_PATHS = (GPU_PATH_CDI, GPU_PATH_LEGACY)
+# Columns of the matrix and the one path each proves, on every host. ``docker`` is kept as an
+# alias of ``docker-legacy``: it is what the ``docker`` column ran before the split, here and in
+# older results, so a stored matrix keeps its meaning.
+COLUMNS = {"docker-legacy": GPU_PATH_LEGACY, "docker-cdi": GPU_PATH_CDI}
+ALIASES = {"docker": "docker-legacy"}
+DOCKER_COLUMNS = (*COLUMNS, *ALIASES)
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+HOOK_NAME = "nvidia-container-runtime-hook"
 CDI_MIN_ENGINE = 25
 LEGACY_ALL = "all"
 GPU_CAPABILITIES = [["gpu"]]
@@ -48,7 +61,7 @@ REFUSAL_MARKERS = (
 
 
 class GpuPathError(HarnessError):
-    """The ``docker.gpu_path`` option names no known path."""
+    """A GPU path that no column has (the ``docker.gpu_path`` option is gone: columns fix it)."""
 
 
 def engine_major(version: str) -> int | None:
@@ -70,21 +83,73 @@ def discovered_cdi_devices(info: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def choose_gpu_path(
-    version: Mapping[str, Any], info: Mapping[str, Any], override: str | None
-) -> tuple[str, str]:
-    """The GPU path to use and why (a short phrase for the evidence)."""
-    if override:
-        if override not in GPU_PATHS:
-            raise GpuPathError(f"docker.gpu_path must be one of {', '.join(GPU_PATHS)}, got {override!r}")
-        return override, "forced by docker.gpu_path"
-    engine = str(version.get("Version") or info.get("ServerVersion") or "")
-    major = engine_major(engine)
-    if major is not None and major >= CDI_MIN_ENGINE and cdi_spec_dirs(info):
-        return GPU_PATH_CDI, f"engine {engine} with CDI spec dirs"
-    if major is None or major < CDI_MIN_ENGINE:
-        return GPU_PATH_LEGACY, f"engine {engine or '?'} predates CDI (needs >= {CDI_MIN_ENGINE})"
-    return GPU_PATH_LEGACY, f"engine {engine} has CDI disabled (no CDISpecDirs)"
+def engine_name(version: Mapping[str, Any], info: Mapping[str, Any]) -> str:
+    return str(version.get("Version") or info.get("ServerVersion") or "?")
+
+
+def path_support(
+    path: str, version: Mapping[str, Any], info: Mapping[str, Any], *, hook: str | None
+) -> tuple[bool, str]:
+    """Whether this engine can take GPU ``path`` at all, and why (a phrase for skip reasons).
+
+    ``hook`` is where ``nvidia-container-runtime-hook`` was found for the engine (legacy path),
+    None when it was not. Whether the CDI spec dirs resolve the wanted kind is judged apart
+    (:func:`cdi_spec_for_kind`): it needs the inventory and the engine's filesystem.
+    """
+    engine = engine_name(version, info)
+    if path == GPU_PATH_CDI:
+        major = engine_major(engine)
+        if major is None or major < CDI_MIN_ENGINE:
+            return False, f"engine {engine} predates CDI (the docker-cdi column needs >= {CDI_MIN_ENGINE})"
+        if not cdi_spec_dirs(info):
+            return False, (
+                f"engine {engine} has CDI disabled (no CDISpecDirs); start dockerd with "
+                '{"features": {"cdi": true}} in its daemon.json'
+            )
+        return True, f"engine {engine} with CDI spec dirs {', '.join(cdi_spec_dirs(info))}"
+    if path == GPU_PATH_LEGACY:
+        runtimes = info.get("Runtimes") or {}
+        if isinstance(runtimes, Mapping) and "nvidia" in runtimes:
+            return True, f"engine {engine} with the nvidia runtime"
+        if hook:
+            return True, f"engine {engine} with {HOOK_NAME} at {hook}"
+        return False, (
+            f"engine {engine} has neither {HOOK_NAME} on its PATH nor an nvidia runtime "
+            "(install nvidia-container-toolkit)"
+        )
+    raise GpuPathError(f"unknown GPU path {path!r}", hint=f"expected one of {', '.join(GPU_PATHS)}")
+
+
+def cdi_spec_for_kind(
+    dirs: Sequence[str], kind: str, info: Mapping[str, Any] | None = None
+) -> tuple[str, str] | None:
+    """(spec file, cdiVersion) of the spec in ``dirs`` that declares ``kind``; None if none does.
+
+    Engines that list their devices (``DiscoveredDevices``, API >= 1.48) answer for themselves;
+    otherwise the spec dirs are read here, which needs the engine on this machine (the spec dirs
+    of a remote engine are not ours to read).
+    """
+    import yaml  # the CDI spec format is YAML (JSON is a subset)
+
+    listed = discovered_cdi_devices(info or {})
+    if listed and not any(d.startswith(f"{kind}=") for d in listed):
+        return None
+    for directory in dirs:
+        base = Path(directory)
+        if not base.is_dir():
+            continue
+        for path in sorted(base.iterdir()):
+            if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
+                continue
+            try:
+                doc = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(doc, Mapping) and doc.get("kind") == kind:
+                return str(path), str(doc.get("cdiVersion", "?"))
+    if listed:
+        return "(listed by the engine)", "?"
+    return None
 
 
 def engine_versions(
@@ -110,20 +175,34 @@ def engine_versions(
     return out
 
 
-def profile_for(path: str) -> Profile:
-    """Each path declares itself, so a runner silently on the legacy path shows in the matrix."""
+def profile_for(column: str, path: str) -> Profile:
+    """Each column declares its path, so the matrix says which Docker path a column proves."""
     how = {
         GPU_PATH_CDI: "CDI device names through DeviceRequest(driver=cdi); the engine resolves them",
         GPU_PATH_LEGACY: "DeviceRequest(capabilities=[[gpu]]) -> NVIDIA_VISIBLE_DEVICES + "
         "nvidia-container-runtime-hook; CDI names mapped to index/UUID",
     }
     return Profile(
-        driver="docker",
+        driver=column,
         cases={"device.unsupported": "unsupported"},
         exclusive=True,
         oversubscribe="reject",
         notes=f"gpu path: {path}; {how.get(path, '?')}; harness leases GPUs for default/count requests",
     )
+
+
+def column_option(options: Mapping[str, str], column: str, key: str) -> str | None:
+    """``<column>.<key>``, else (for the ``docker`` alias) its target's, else ``docker.<key>``."""
+    for name in dict.fromkeys((column, ALIASES.get(column, column), "docker")):
+        value = options.get(f"{name}.{key}")
+        if value:
+            return value
+    return None
+
+
+def engine_url(options: Mapping[str, str], column: str) -> str:
+    """The engine a column talks to: its own ``.host`` option, ``docker.host``, ``DOCKER_HOST``."""
+    return column_option(options, column, "host") or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
 def legacy_ids(req: GpuRequest, inventory: Inventory) -> GpuRequest:

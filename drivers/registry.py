@@ -52,7 +52,7 @@ def default_drivers(real_gpus: bool) -> list[str]:
     (``--drivers qemu``). On a simulated host they bind a fake sysfs and stay in.
     """
     builtin = list(BUILTIN)
-    names = builtin + [d for d in known_drivers() if d not in builtin]
+    names = builtin + [d for d in known_drivers() if d not in builtin and d not in ALIASES]
     return [d for d in names if not (real_gpus and d in VM_PASSTHROUGH)]
 
 
