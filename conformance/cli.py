@@ -7,6 +7,8 @@ everything it does can also be done with plain pytest. Errors are one line, neve
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -35,6 +37,16 @@ def _conformance_dir() -> Path:
 def _plugin_args() -> list[str]:
     installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
     return [] if installed else ["-p", "fixtures.plugin"]
+
+
+def _become_root_for_simulation(argv: Sequence[str]) -> None:
+    """On a developer machine without a GPU, re-run as root with sudo (the simulated host creates
+    device nodes and drives rootful engines); say so in one line. Root, or a GPU host, goes on."""
+    if os.geteuid() == 0 or Path("/dev/nvidiactl").exists() or shutil.which("sudo") is None:
+        return
+    print("gpuconform: the simulated GPU host needs root; re-running with sudo", file=sys.stderr)
+    keep = "--preserve-env=GPUCONFORM_STATE,GPUCONFORM_CACHE,GPUCONFORM_RUN_ID,DOCKER_HOST,KUBECONFIG"
+    os.execvp("sudo", ["sudo", keep, sys.executable, "-m", "conformance.cli", *argv])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,6 +195,31 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Every prerequisite of each requested driver, one line each; 0 only when all are ready."""
+    import json
+
+    from conformance.doctor import DoctorOptions, run_doctor
+
+    options: dict[str, str] = {}
+    for item in args.driver_opt or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--driver-opt takes KEY=VALUE, got {item!r} (hint: kubernetes.context=X)")
+        options[key.strip()] = value.strip()
+    report = run_doctor(
+        DoctorOptions(
+            drivers=tuple(_selected_drivers(args) or ()) or None,
+            sim=args.sim,
+            sim_instance=args.sim_instance,
+            cdi_dirs=tuple(Path(d) for d in args.cdi_dir or ()),
+            driver_options=options,
+        )
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return report.exit_code
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from fixtures.reaper import reap_dead_runs
 
@@ -308,6 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--waivers", help="YAML/JSON list of {driver, case, reason, expires}")
         p.set_defaults(func=cmd_diff if name == "diff" else cmd_gate)
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this machine's prerequisites for each driver (exit 0 only when all are ready)",
+        description="One line per prerequisite (ok / missing / wrong / note) with a hint: host driver "
+        "and nvidia-smi; CDI specs linted (version, names, nodes, mounts, driver libraries); Docker's "
+        "CDI dirs and legacy hook; Kubernetes context, device plugin, allocatable GPUs; QEMU's KVM, "
+        "IOMMU groups and vfio-pci. Without a GPU it checks a simulated host.",
+    )
+    doctor.add_argument("--drivers", action="append", metavar="LIST", help="drivers to check (default: all)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--sim",
+        default="auto",
+        help="'auto' (default: real GPUs, else a simulated host brought up and down for the check), "
+        "'none', or a simulated host profile",
+    )
+    doctor.add_argument("--sim-instance", help="check a simulated host started with 'gpuconform sim up'")
+    doctor.add_argument(
+        "--cdi-dir", action="append", help="CDI spec directory to lint (default: /etc/cdi, /var/run/cdi)"
+    )
+    doctor.add_argument("--driver-opt", action="append", help="KEY=VALUE, e.g. kubernetes.context=kind-gpu")
+    doctor.set_defaults(func=cmd_doctor)
+
     gc = sub.add_parser("gc", help="remove containers, pods, VMs, bindings and simulated hosts of dead runs")
     gc.set_defaults(func=cmd_gc)
 
@@ -345,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if func in (cmd_run, cmd_bench):
+        _become_root_for_simulation(sys.argv[1:] if argv is None else argv)
     try:
         return func(args)
     except _expected_errors() as exc:
