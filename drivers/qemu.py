@@ -24,9 +24,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from drivers import pci_bars, vfio
 from drivers import qemu_guest as guest
 from drivers import qemu_vm as vm
-from drivers import vfio
 from drivers.base import (
     Adapter,
     AdapterContext,
@@ -89,18 +89,25 @@ class QemuSandbox(Sandbox):
         keys = generate_keys()
         fw_cfg = guest.write_keys(self.dir, keys)
         self._site = self.adapter.vfio_site()
+        granted = tuple(g.pci_bus_id for g in self.gpus)
         for gpu in self.gpus:  # real or fake sysfs: bind and release always run
+            if any(gpu.pci_bus_id in b.bdfs for b in self._bindings):
+                continue  # moved with an earlier GPU of its IOMMU group
             self._bindings.append(
-                self._site.bind(gpu.pci_bus_id, run_id=self.adapter.ctx.run_id, deadline=deadline)
+                self._site.bind(
+                    gpu.pci_bus_id, run_id=self.adapter.ctx.run_id, deadline=deadline, granted=granted
+                )
             )
         passthrough: tuple[str, ...] = ()
+        hole64: int | None = None
         if self.adapter.simulated:
             payload = guest.sim_payload(self.adapter.ctx, self.gpus)
             if payload.manifest:
                 (self.dir / "manifest").write_text(payload.manifest)
                 fw_cfg += [("manifest", self.dir / "manifest"), *payload.files]
         else:
-            passthrough = tuple(b.gpu_bdf for b in self._bindings)
+            passthrough = granted
+            hole64 = pci_bars.hole64_for(passthrough, self._site.sysfs_root)
         image = self.adapter.guest_image(deadline)
         disks, extra = guest.boot_disks(self.adapter.ctx.options, image, self.image_kind, deadline)
         stderr_log = self.dir / "qemu.stderr"
@@ -114,6 +121,7 @@ class QemuSandbox(Sandbox):
                 passthrough,
                 tuple(fw_cfg),
                 disks,
+                hole64,
             )
             booted = time.monotonic()
             self._proc = proc = vm.launch(spec, stderr_log)
@@ -253,6 +261,7 @@ class QemuAdapter(Adapter):
         passthrough: tuple[str, ...],
         fw_cfg: tuple[tuple[str, Path], ...],
         disks: tuple[Path, ...],
+        pci_hole64: int | None = None,
     ) -> vm.VmSpec:
         try:
             memory = int(self.opt("memory", "1024" if self.simulated else "8192"))
@@ -274,6 +283,7 @@ class QemuAdapter(Adapter):
             vfio_bdfs=passthrough,
             fw_cfg=fw_cfg,
             disks=disks,
+            pci_hole64=pci_hole64,
         )
 
     def available(self) -> Availability:

@@ -28,6 +28,8 @@ class VfioSite:
     sysfs_root: Path
     state: vfio.BindingState
     fake: bool
+    proc_root: Path = Path("/proc")
+    dev_root: Path = Path("/dev")
 
     def _kernel(self) -> tuple[vfio.SysfsWriter | None, Callable[[float], None]]:
         """The fake tree needs its FakeKernel to give writes meaning; the real one has the kernel."""
@@ -42,7 +44,13 @@ class VfioSite:
         kind = "fake sysfs (simulated host)" if self.fake else "sysfs"
         return f"{kind} {self.sysfs_root}, state {self.state.path}"
 
-    def bind(self, bdf: str, *, run_id: str, deadline: Deadline) -> vfio.Binding:
+    def bind(
+        self, bdf: str, *, run_id: str, deadline: Deadline, granted: tuple[str, ...] = ()
+    ) -> vfio.Binding:
+        """Bind ``bdf`` (a companion GPU moves only if in ``granted``), refusing a held device.
+
+        Holders are looked for in /proc on both kinds of site (a process holding a file of the
+        fake tree counts); device nodes only on the real one, whose /dev/nvidiaN are the GPUs'."""
         writer, sleep = self._kernel()
         try:
             return vfio.bind(
@@ -53,6 +61,9 @@ class VfioSite:
                 run_id=run_id,
                 writer=writer,
                 sleep=sleep,
+                granted=granted,
+                proc_root=self.proc_root,
+                dev_root=None if self.fake else self.dev_root,
             )
         except vfio.VfioError as exc:
             raise InfrastructureError(exc.message, hint=exc.hint) from None

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivers import pci_bars
 from drivers.base import InfrastructureError
 
 NAME_PREFIX = "gpuconform-"
@@ -43,7 +44,8 @@ class VmSpec:
     pidfile: Path
     vfio_bdfs: tuple[str, ...] = ()
     fw_cfg: tuple[tuple[str, Path], ...] = ()
-    disks: tuple[Path, ...] = ()  # attached read-only (shared by concurrent VMs)
+    disks: tuple[Path, ...] = ()  # copy-on-write (snapshot=on): the shared base is never written
+    pci_hole64: int | None = None  # bytes of 64-bit MMIO for the GPUs' BARs; None keeps QEMU's 32 GiB
 
 
 def _opt(value: object) -> str:
@@ -53,7 +55,9 @@ def _opt(value: object) -> str:
 
 def qemu_argv(spec: VmSpec) -> list[str]:
     """The QEMU command line: q35, user-mode network with SSH forwarded to loopback only,
-    serial console to a file, one PCIe root port per passed-through GPU, fw_cfg payload."""
+    serial console to a file, one PCIe root port per passed-through GPU with a 64-bit hole sized
+    for their BARs, disks copy-on-write (``snapshot=on``: the guest may write, in a temporary
+    overlay, while the base image shared by concurrent VMs stays untouched), fw_cfg payload."""
     argv = [
         spec.binary,
         "-name",
@@ -90,6 +94,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-device",
         "virtio-rng-pci",
     ]
+    if spec.pci_hole64:
+        argv += ["-global", f"q35-pcihost.pci-hole64-size={pci_bars.qemu_size(spec.pci_hole64)}"]
     for i, bdf in enumerate(spec.vfio_bdfs):
         argv += [
             "-device",
@@ -100,7 +106,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     for i, disk in enumerate(spec.disks):
         argv += [
             "-drive",
-            f"file={_opt(disk)},if=none,id=disk{i},format=raw,readonly=on",
+            f"file={_opt(disk)},if=none,id=disk{i},format=raw,snapshot=on",
             "-device",
             f"virtio-blk-pci,drive=disk{i}",
         ]

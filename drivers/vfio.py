@@ -20,6 +20,7 @@ from typing import Protocol
 
 from drivers.base import Deadline
 from drivers.inventory import InventoryError, normalise_pci_bus_id
+from drivers.vfio_holders import holders
 from drivers.vfio_state import (
     Binding,
     BindingState,
@@ -53,6 +54,7 @@ NVIDIA_VENDOR = 0x10DE
 VFIO_DRIVER = "vfio-pci"
 GPU_CLASSES = (0x0300, 0x0302)  # VGA, 3D controller (class >> 8)
 BRIDGE_CLASS = 0x0604
+DISPLAY_BASE_CLASS = 0x03  # class >> 16: VGA, XGA, 3D, other display controllers
 WRITE_TIMEOUT_S = 10.0
 RESTORE_TIMEOUT_S = 30.0
 POLL_S = 0.05
@@ -268,8 +270,11 @@ def discover(sysfs_root: Path = SYSFS) -> list[PciGpu]:
     return gpus
 
 
-def _plan(fs: _Sysfs, bdf: str) -> tuple[str, list[PciFunction]]:
-    """The IOMMU group and the functions to move (companions first, GPU last), or a refusal."""
+def _plan(fs: _Sysfs, bdf: str, granted: frozenset[str]) -> tuple[str, list[PciFunction]]:
+    """The IOMMU group and the functions to move (companions first, GPU last), or a refusal.
+
+    A companion that is itself a display device (another GPU) moves only when it is ``granted``
+    (leased to the same sandbox): otherwise another sandbox or the host may be using it."""
     gpu = fs.function(bdf)
     if gpu is None:
         raise VfioError(
@@ -295,6 +300,12 @@ def _plan(fs: _Sysfs, bdf: str) -> tuple[str, list[PciFunction]]:
             raise VfioError(f"refusing to bind {bdf}: IOMMU group {group} member {other} is unreadable")
         if fn.is_bridge:
             continue
+        if fn.pci_class >> 16 == DISPLAY_BASE_CLASS and fn.bdf not in granted:
+            raise VfioError(
+                f"refusing to bind {bdf}: IOMMU group {group} also holds the GPU {fn.describe()}, "
+                "which this sandbox was not granted",
+                hint="request both GPUs of the group together, or give them separate IOMMU groups",
+            )
         if not fn.is_nvidia:
             raise VfioError(
                 f"refusing to bind {bdf}: IOMMU group {group} also holds {fn.describe()}, which is not "
@@ -303,6 +314,23 @@ def _plan(fs: _Sysfs, bdf: str) -> tuple[str, list[PciFunction]]:
             )
         moved.append(fn)
     return group, [*moved, gpu]
+
+
+def _refuse_held(
+    functions: list[PciFunction], sysfs_root: Path, proc_root: Path, dev_root: Path | None
+) -> None:
+    for fn in functions:
+        if fn.driver in (None, VFIO_DRIVER):
+            continue
+        held = holders(fn.bdf, sysfs_root=sysfs_root, proc_root=proc_root, dev_root=dev_root)
+        if held:
+            raise VfioError(
+                f"refusing to unbind {fn.bdf} from {fn.driver}: held open by "
+                + "; ".join(h.describe() for h in held[:5])
+                + (f" and {len(held) - 5} more" if len(held) > 5 else ""),
+                hint="stop the holder first (e.g. systemctl stop nvidia-persistenced nvidia-dcgm); "
+                "an unbind under an open device hangs in the kernel",
+            )
 
 
 def bind(
@@ -316,14 +344,25 @@ def bind(
     sleep: Callable[[float], None] = time.sleep,
     poll_s: float = POLL_S,
     pid: int | None = None,
+    granted: tuple[str, ...] = (),
+    proc_root: Path | None = Path("/proc"),
+    dev_root: Path | None = Path("/dev"),
 ) -> Binding:
-    """Move ``gpu_bdf`` and its group companions to vfio-pci; on any failure undo it and raise."""
+    """Move ``gpu_bdf`` and its group companions to vfio-pci; on any failure undo it and raise.
+
+    ``granted`` are the other GPUs of the same sandbox (a companion GPU among them may move).
+    Before anything is written, every function that would be unbound is checked for processes
+    holding it open (``proc_root``; None skips the check, ``dev_root`` None skips device nodes):
+    an unbind under a holder hangs in the kernel, so it is refused, naming the process.
+    """
     try:
         bdf = normalise_pci_bus_id(gpu_bdf)
     except InventoryError as exc:
         raise VfioError(str(exc)) from None
     fs = _Sysfs(sysfs_root, writer, sleep, poll_s)
-    group, functions = _plan(fs, bdf)
+    group, functions = _plan(fs, bdf, frozenset([bdf, *granted]))
+    if proc_root is not None:
+        _refuse_held(functions, sysfs_root, proc_root, dev_root)
     binding = Binding(
         id=uuid.uuid4().hex,
         gpu_bdf=bdf,

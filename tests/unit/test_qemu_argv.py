@@ -79,7 +79,19 @@ def test_each_passed_through_gpu_sits_behind_its_own_pcie_root_port() -> None:
 
 def test_option_values_escape_commas() -> None:
     argv = vm.qemu_argv(_spec(disks=(Path("/a,b/py.ext4"),)))
-    assert "file=/a,,b/py.ext4,if=none,id=disk0,format=raw,readonly=on" in _values(argv, "-drive")
+    assert "file=/a,,b/py.ext4,if=none,id=disk0,format=raw,snapshot=on" in _values(argv, "-drive")
+
+
+def test_guest_disk_is_copy_on_write_never_read_only() -> None:
+    [drive] = _values(vm.qemu_argv(_spec(disks=(Path("/c/root.ext4"),))), "-drive")
+    options = drive.split(",")
+    assert "snapshot=on" in options and not any(o.startswith("readonly") for o in options)
+
+
+def test_64_bit_pci_hole_is_set_only_when_sized() -> None:
+    assert "-global" not in vm.qemu_argv(_spec())
+    argv = vm.qemu_argv(_spec(accel="kvm", vfio_bdfs=("0000:18:00.0",), pci_hole64=256 << 30))
+    assert _values(argv, "-global") == ["q35-pcihost.pci-hole64-size=256G"]
 
 
 def _plan(tmp_path: Path, faults: str = "") -> dict[str, object]:

@@ -391,3 +391,150 @@ def test_write_sysfs_that_hangs_times_out(tmp_path: Path) -> None:
                 assert not thread.is_alive()
     finally:
         os.close(reader)
+
+
+# Real-host safety: BAR sizing, companion GPUs, processes holding the device --------------------
+
+
+def test_hole64_is_sized_from_the_gpus_bars_with_headroom(tmp_path: Path) -> None:
+    from drivers import pci_bars
+
+    tree = FakeSysfs.create(
+        tmp_path / "sys",
+        [nvidia_gpu(GPU, 10), nvidia_gpu(GPU2, 11), nvidia_gpu("0000:3b:00.0", 12, bar1_gib=16)],
+    )
+    # BAR1 128 GiB + BAR3 32 MiB count; the 32-bit BAR0 and the ROM and SR-IOV slots do not.
+    assert pci_bars.bar_sizes(GPU, tree.root) == [128 << 30, 32 << 20]
+    assert pci_bars.hole64_for((GPU,), tree.root) == 256 << 30  # 1.5 x 128.03 GiB -> 256 GiB
+    assert pci_bars.hole64_for((GPU, GPU2), tree.root) == 512 << 30
+    assert pci_bars.hole64_for(("0000:3b:00.0",), tree.root) == 32 << 30  # never below QEMU's default
+    assert pci_bars.hole64_for(("0000:99:00.0",), tree.root) is None  # unreadable: keep QEMU's
+    assert pci_bars.qemu_size(512 << 30) == "512G"
+
+
+def two_gpus_one_group(tmp_path: Path) -> tuple[FakeSysfs, FakeKernel]:
+    tree = FakeSysfs.create(
+        tmp_path / "sys", [nvidia_gpu(GPU, 10), nvidia_audio(AUDIO, 10), nvidia_gpu(GPU2, 10)]
+    )
+    return tree, FakeKernel(tree)
+
+
+def test_companion_that_is_itself_a_gpu_is_refused_unless_granted(
+    tmp_path: Path, state: BindingState
+) -> None:
+    tree, kernel = two_gpus_one_group(tmp_path)
+    before = tree.snapshot()
+    with pytest.raises(VfioError, match=rf"group 10 also holds the GPU {GPU2}.*not granted"):
+        vfio.bind(
+            GPU, sysfs_root=tree.root, state=state, deadline=Deadline(5), writer=kernel, sleep=kernel.sleep
+        )
+    assert kernel.writes == [] and tree.snapshot() == before and state.entries() == []
+    binding = vfio.bind(
+        GPU,
+        sysfs_root=tree.root,
+        state=state,
+        deadline=Deadline(5),
+        writer=kernel,
+        sleep=kernel.sleep,
+        granted=(GPU, GPU2),
+    )
+    assert set(binding.bdfs) == {GPU, AUDIO, GPU2}
+    assert {tree.driver_of(b) for b in binding.bdfs} == {"vfio-pci"}
+    vfio.release(binding, sysfs_root=tree.root, state=state, writer=kernel, sleep=kernel.sleep)
+    assert tree.snapshot() == before
+
+
+def fake_proc(root: Path, pid: int, comm: str, fds: dict[str, str]) -> None:
+    (root / str(pid) / "fd").mkdir(parents=True)
+    (root / str(pid) / "comm").write_text(comm + "\n")
+    for fd, target in fds.items():
+        (root / str(pid) / "fd" / fd).symlink_to(target)
+
+
+def test_unbind_is_refused_while_a_process_holds_the_gpus_device_node(
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState, tmp_path: Path
+) -> None:
+    proc, dev = tmp_path / "proc", tmp_path / "dev"
+    info = proc / "driver/nvidia/gpus" / GPU / "information"
+    info.parent.mkdir(parents=True)
+    info.write_text("Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 140\nDevice Minor: \t 3\n")
+    fake_proc(proc, 1, "systemd", {"0": "/dev/null"})
+    fake_proc(
+        proc,
+        2107,
+        "nvidia-persiste",
+        {"0": "/dev/null", "5": str(dev / "nvidiactl"), "6": str(dev / "nvidia3")},
+    )
+    fake_proc(proc, 2300, "dcgm", {"4": str(dev / "nvidia2")})  # another GPU: not a holder of this one
+    before = tree.snapshot()
+    with pytest.raises(VfioError) as err:
+        vfio.bind(
+            GPU,
+            sysfs_root=tree.root,
+            state=state,
+            deadline=Deadline(5),
+            writer=kernel,
+            sleep=kernel.sleep,
+            proc_root=proc,
+            dev_root=dev,
+        )
+    message = str(err.value)
+    assert (
+        f"refusing to unbind {GPU} from nvidia: held open by pid 2107 (nvidia-persiste) via {dev}/nvidia3"
+        in message
+    )
+    assert "2300" not in message and "systemctl stop nvidia-persistenced" in message
+    assert kernel.writes == [] and tree.snapshot() == before and state.entries() == []
+    (proc / "2107/fd/6").unlink()  # the holder lets go: the same bind goes through
+    binding = vfio.bind(
+        GPU,
+        sysfs_root=tree.root,
+        state=state,
+        deadline=Deadline(5),
+        writer=kernel,
+        sleep=kernel.sleep,
+        proc_root=proc,
+        dev_root=dev,
+    )
+    assert tree.driver_of(GPU) == "vfio-pci"
+    do_release(tree, kernel, state, binding)
+
+
+def test_unbind_is_refused_while_a_live_process_holds_a_sysfs_file_of_the_device(
+    tree: FakeSysfs, kernel: FakeKernel, state: BindingState
+) -> None:
+    """A real child process (found through the real /proc) holds the audio function's resource file."""
+    audio = AUDIO
+    held = tree.dev_dir(audio) / "resource"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; f=open(sys.argv[1]); print('open', flush=True); time.sleep(60)",
+            str(held),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "open"
+        with pytest.raises(
+            VfioError,
+            match=rf"refusing to unbind {audio} from snd_hda_intel: held open by pid {child.pid} \(python",
+        ):
+            vfio.bind(
+                GPU,
+                sysfs_root=tree.root,
+                state=state,
+                deadline=Deadline(5),
+                writer=kernel,
+                sleep=kernel.sleep,
+            )
+        assert kernel.writes == [] and state.entries() == []
+    finally:
+        child.kill()
+        child.wait(10)
+    binding = vfio.bind(
+        GPU, sysfs_root=tree.root, state=state, deadline=Deadline(5), writer=kernel, sleep=kernel.sleep
+    )
+    do_release(tree, kernel, state, binding)
