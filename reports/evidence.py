@@ -102,11 +102,15 @@ class Evidence:
 
 def write_results(path: Path, records: list[Evidence], meta: Mapping[str, Any]) -> None:
     """Write ``results.json``: run metadata, driver profiles, and one record per case."""
+    from reports.schemas import validate
+
     doc = {"schema": SCHEMA_VERSION, **meta, "records": [r.to_json() for r in records]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
     tmp.replace(path)
+    # Checked after writing, so the evidence is kept for a look even when the check fails.
+    validate(json.loads(path.read_text()), "results", str(path))
 
 
 def read_results(path: Path) -> tuple[dict[str, Any], list[Evidence]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from conformance.catalogue import CATALOGUE as CASES
 from reports.evidence import Evidence, EvidenceError, Verdict, read_results
+from reports.schemas import SchemaError, kind_of, validate
 
 MATRIX_FORMAT = "gpuconform-matrix"
 MATRIX_SCHEMA = 1
@@ -22,8 +23,6 @@ MATRIX_SCHEMA = 1
 #: Row order of the matrix: the catalogue the suites run (SPEC order). Unknown ids follow alphabetically.
 CATALOGUE: tuple[str, ...] = tuple(case.id for case in CASES)
 
-#: Column order for the built-in adapters; third-party drivers follow alphabetically.
-KNOWN_DRIVERS: tuple[str, ...] = ("host", "docker", "podman", "kubernetes", "qemu", "qemu-single")
 
 #: Worst first. When one cell has several records the worst verdict wins, so a duplicate record
 #: can never hide a failure: error > inconclusive > fail > skip > unsupported > rejected > pass.
@@ -50,6 +49,21 @@ class Cell:
     run_id: str = ""
 
 
+def registry_order() -> tuple[str, ...]:
+    """Column order of the registered adapters: the registry's own order of built-ins, each
+    compatibility alias just before the first built-in of the same module (``docker`` before
+    ``docker-legacy``), so a new adapter gets its column by being registered, not by editing here.
+    """
+    from drivers.registry import ALIASES, BUILTIN
+
+    order: list[str] = []
+    for name, target in BUILTIN.items():
+        module = target.split(":", 1)[0]
+        order += [a for a, t in ALIASES.items() if t.split(":", 1)[0] == module and a not in order]
+        order.append(name)
+    return tuple(order + [a for a in ALIASES if a not in order])
+
+
 def case_order(cases: Iterable[str]) -> tuple[str, ...]:
     """Catalogue order first, then unknown case ids alphabetically."""
     rank = {c: i for i, c in enumerate(CATALOGUE)}
@@ -57,9 +71,11 @@ def case_order(cases: Iterable[str]) -> tuple[str, ...]:
 
 
 def driver_order(drivers: Iterable[str]) -> tuple[str, ...]:
-    """Built-in adapters in a fixed order (stable columns across runs), then others alphabetically."""
-    rank = {d: i for i, d in enumerate(KNOWN_DRIVERS)}
-    return tuple(sorted(set(drivers), key=lambda d: (rank.get(d, len(rank)), d)))
+    """Registered adapters in registry order (stable columns across runs), then any other driver
+    (a third-party adapter, a driver of an older run) in the order it first appears."""
+    seen = list(dict.fromkeys(drivers))
+    rank = {d: i for i, d in enumerate(registry_order())}
+    return tuple(sorted(seen, key=lambda d: (rank.get(d, len(rank)), 0 if d in rank else seen.index(d))))
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
@@ -113,7 +129,7 @@ class Matrix:
                 "evidence": cell.evidence,
                 "run_id": cell.run_id,
             }
-        return {
+        doc: dict[str, Any] = {
             "format": MATRIX_FORMAT,
             "schema": MATRIX_SCHEMA,
             "hosts": {h: dict(v) for h, v in self.hosts.items()},
@@ -126,6 +142,10 @@ class Matrix:
             "cells": cells,
             "summary": self.summary(),
         }
+        # Every matrix.json and fleet file is written from here: check it against the shipped
+        # schema, so a writer bug fails where it happens instead of in someone else's reader.
+        validate(doc, "matrix", "the matrix being written")
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Matrix:
@@ -272,12 +292,18 @@ def load_run(path: Path) -> tuple[Matrix, list[Evidence]]:
         raise MatrixError(f"no such file: {path}") from None
     except json.JSONDecodeError as exc:
         raise MatrixError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
-    if isinstance(doc, dict) and doc.get("format") == MATRIX_FORMAT:
+    kind = kind_of(doc)
+    if kind is not None:
+        try:
+            validate(doc, kind, str(path))  # a file that does not match is refused, in one line
+        except SchemaError as exc:
+            raise MatrixError(str(exc)) from None
+    if kind == "matrix":
         try:
             return Matrix.from_json(doc), []
         except MatrixError as exc:
             raise MatrixError(f"{path}: {exc}") from None
-    if isinstance(doc, dict) and isinstance(doc.get("records"), list):
+    if kind == "results":
         try:
             meta, records = read_results(Path(path))
         except EvidenceError as exc:

@@ -63,7 +63,7 @@ def make_records(simulated: bool = False) -> list[Evidence]:
 def test_build_matrix_has_one_cell_per_record_with_reason_and_evidence_index() -> None:
     records = make_records()
     m = build_matrix(make_meta(), records)
-    assert m.drivers == ("docker", "podman")
+    assert m.drivers == ("podman", "docker")  # the registry's order, not the records'
     assert len(m.cells) == 16
     cell = m.cell("gpu-a", "podman", "cuda.init")
     assert cell is not None
@@ -87,6 +87,27 @@ def test_driver_columns_have_a_stable_order_independent_of_record_order() -> Non
     records = [rec(d, "smi.default", Verdict.PASS) for d in ("zz-custom", "qemu", "docker", "host")]
     meta = make_meta() | {"profiles": {}, "drivers": {}}
     assert build_matrix(meta, records).drivers == ("host", "docker", "qemu", "zz-custom")
+
+
+def test_driver_columns_follow_the_registry_then_first_appearance() -> None:
+    drivers = ("zz-custom", "docker-cdi", "aa-custom", "docker-legacy", "podman", "docker", "host")
+    records = [rec(d, "smi.default", Verdict.PASS) for d in drivers]
+    meta = make_meta() | {"profiles": {}, "drivers": {}}
+    columns = build_matrix(meta, records).drivers
+    assert columns == ("host", "podman", "docker", "docker-legacy", "docker-cdi", "zz-custom", "aa-custom")
+    fleet = Matrix.from_json(merge([build_matrix(meta, records)]).to_json())
+    assert fleet.drivers == columns
+
+
+def test_a_newly_registered_adapter_gets_its_column_without_editing_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from drivers import registry
+
+    builtin = dict(registry.BUILTIN)
+    monkeypatch.setattr(registry, "BUILTIN", {"host": builtin["host"], "firecracker": "x:Y", **builtin})
+    records = [rec(d, "smi.default", Verdict.PASS) for d in ("podman", "firecracker", "host")]
+    assert build_matrix(make_meta(), records).drivers == ("host", "firecracker", "podman", "docker")
 
 
 @pytest.mark.parametrize(("worse", "better"), list(itertools.combinations(SEVERITY, 2)))
@@ -178,7 +199,10 @@ def test_load_matrix_accepts_results_json_and_matrix_json(tmp_path: Path) -> Non
         (None, "no such file"),
         ("{not json", "is not JSON"),
         ('{"something": 1}', "neither a results.json"),
-        ('{"records": [{"case": "x"}]}', "bad evidence record"),
+        ('{"records": [{"case": "x"}]}', "results schema version none is not one this gpuconform reads"),
+        ('{"schema": 1, "records": [{"case": "x"}]}', "does not match the results schema at records/0"),
+        ('{"schema": 7, "records": []}', "results schema version 7 .*hint: upgrade gpuconform"),
+        ('{"format": "gpuconform-matrix", "schema": 2}', "matrix schema version 2 is not one"),
     ],
 )
 def test_load_matrix_reports_unreadable_files_in_one_line(tmp_path: Path, content: str | None,

@@ -80,16 +80,16 @@ def test_markdown_table_has_exact_rows_for_a_known_matrix() -> None:
     md = render_markdown(known_matrix())
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table[:11] == [
-        "| case | docker | podman |",
+        "| case | podman | docker |",  # registry order: podman before the docker columns
         "| --- | --- | --- |",
         "| `smi.default` | ✅ pass | ✅ pass |",
-        "| `smi.none` | ✅ pass | ❌ fail |",
-        "| `count.1` | ✅ pass | ⚠️ error |",
-        "| `count.2` | ⏭ skip | ✅ pass |",
+        "| `smi.none` | ❌ fail | ✅ pass |",
+        "| `count.1` | ⚠️ error | ✅ pass |",
+        "| `count.2` | ✅ pass | ⏭ skip |",
         "| `count.over` | 🚫 rejected | 🚫 rejected |",
-        "| `device.invalid` | 🚫 rejected | · not run |",
-        "| `device.unsupported` | · not run | — unsupported |",
-        "| `cuda.init` | ❌ fail | ❓ inconclusive |",
+        "| `device.invalid` | · not run | 🚫 rejected |",
+        "| `device.unsupported` | — unsupported | · not run |",
+        "| `cuda.init` | ❓ inconclusive | ❌ fail |",
         "| `cuda.bandwidth` | ⏭ skip | ⏭ skip |",
     ]
     assert "| docker | yes | docker=20.10 | reject: count.over; exclusive; oversubscribe=reject |" in table
@@ -104,8 +104,8 @@ def test_markdown_failures_section_lists_each_bad_cell_with_escaped_reason() -> 
     assert failures == [
         f"- `podman` / `smi.none`: ❌ fail: saw {UUID_A}, expected none",
         "- `podman` / `count.1`: ⚠️ error: podman run timed out after 60 s",
-        "- `docker` / `cuda.init`: ❌ fail: nvidia-smi works but CUDA fails \\| cuInit=100",
         "- `podman` / `cuda.init`: ❓ inconclusive: could not parse probe output",
+        "- `docker` / `cuda.init`: ❌ fail: nvidia-smi works but CUDA fails \\| cuInit=100",
     ]
 
 
@@ -165,14 +165,14 @@ def test_terminal_table_without_colour_is_aligned_and_summarised() -> None:
     text = render_terminal(known_matrix(), color=False)
     assert "\x1b" not in text
     lines = text.splitlines()
-    assert lines[0] == "case                docker    podman"
-    assert lines[2] == "smi.none            pass      FAIL"
-    assert lines[8] == "cuda.init           FAIL      INCONCLUSIVE"
-    assert all(line[20:30].rstrip() in {"docker", "pass", "skip", "rejected", "FAIL", "-"}
+    assert lines[0] == "case                podman        docker"
+    assert lines[2] == "smi.none            FAIL          pass"
+    assert lines[8] == "cuda.init           INCONCLUSIVE  FAIL"
+    assert all(line[34:].rstrip() in {"docker", "pass", "skip", "rejected", "FAIL", "-"}
                for line in lines[:10])  # fmt: skip
     assert lines[-2:] == [
-        "docker: 3 pass, 2 rejected, 2 skip, 1 fail",
         "podman: 2 pass, 1 rejected, 1 skip, 1 fail, 1 error, 1 inconclusive, 1 unsupported",
+        "docker: 3 pass, 2 rejected, 2 skip, 1 fail",
     ]
 
 
