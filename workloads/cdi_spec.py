@@ -366,11 +366,15 @@ def names_by_gpu(specs: Iterable[CdiSpec], inventory: _Inventory, kind: str) -> 
 
 
 def all_name(specs: Iterable[CdiSpec], inventory: _Inventory, kind: str) -> str | None:
-    """The qualified name of a device that injects every inventory GPU (``all``), or None."""
+    """The qualified ``all`` name when that device injects exactly every inventory GPU, or None.
+
+    An ``all`` that misses a GPU (a spec generated before a GPU was added) is not offered: the
+    all-GPUs case would then fail on a stale spec rather than on the engine.
+    """
     everything = frozenset(g.minor for g in inventory.gpus)
     for spec in _of_kind(specs, kind):
         for device in spec.devices:
-            if everything and device.gpu_minors == everything and not device.is_mig:
+            if device.name == ALL_NAME and everything and device.gpu_minors == everything:
                 return spec.qualified(device.name)
     return None
 
