@@ -46,14 +46,38 @@ def shape_request(cell: Cell, shape: str) -> GpuRequest:
 
 
 def is_absent(result: ExecResult) -> bool:
-    """Whether the command was not there at all (exit 127/126 or the runtime's not-found text)."""
+    """Whether the command could not be started (exit 127/126 or the runtime's not-found text).
+
+    That is also how a present binary fails when its loader or a library is missing: runc says
+    ``exec /usr/bin/nvidia-smi: no such file or directory`` (execve's ENOENT for the ELF
+    interpreter) and a shell says ``not found``. ``smi_presence`` tells the two apart.
+    """
     text = (result.stderr + result.stdout).lower()
     return result.exit_code in (126, 127) or any(marker in text for marker in ABSENT_MARKERS)
 
 
-def _smi_failure(cell: Cell, result: ExecResult, what: str) -> None:
+def smi_presence(cell: Cell, sandbox: Sandbox) -> str | None:
+    """Where ``nvidia-smi`` is on the sandbox's PATH (asked through its own shell), or None."""
+    probe = cell.run(sandbox, ["sh", "-c", "command -v nvidia-smi"])
+    path = probe.stdout.strip()
+    return path if probe.exit_code == 0 and path.startswith("/") else None
+
+
+def _smi_failure(cell: Cell, sandbox: Sandbox, result: ExecResult, what: str) -> None:
     if is_absent(result):
-        cell.fail(f"{what}: nvidia-smi is not present in the sandbox", seen=result.stderr.strip()[:300])
+        seen = (result.stderr or result.stdout).strip()[:300]
+        path = smi_presence(cell, sandbox)
+        if path is None:
+            cell.fail(f"{what}: nvidia-smi is not present in the sandbox", seen=seen)
+        cause = (
+            "a shared library it needs is missing"
+            if "error while loading shared libraries" in seen
+            else "no glibc loader?"
+        )
+        cell.fail(
+            f"{what}: nvidia-smi is present but cannot execute in this image ({cause}); {path}: {seen}",
+            seen=seen,
+        )
     code = result.exit_code if result.exit_code is not None else -1
     cell.fail(
         f"{what}: nvidia-smi exited {code} ({nvml_error_name(code)}): "
@@ -64,7 +88,7 @@ def _smi_failure(cell: Cell, result: ExecResult, what: str) -> None:
 def list_gpus(cell: Cell, sandbox: Sandbox) -> tuple[ListedGpu, ...]:
     result = cell.run(sandbox, ["nvidia-smi", "-L"])
     if result.exit_code != 0:
-        _smi_failure(cell, result, "nvidia-smi -L")
+        _smi_failure(cell, sandbox, result, "nvidia-smi -L")
     listed = parse_list(result.stdout)
     cell.parsed["listed"] = [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in listed]
     return listed
@@ -73,7 +97,7 @@ def list_gpus(cell: Cell, sandbox: Sandbox) -> tuple[ListedGpu, ...]:
 def query_gpus(cell: Cell, sandbox: Sandbox) -> list[dict[str, Value]]:
     result = cell.run(sandbox, query_argv(QUERY_FIELDS))
     if result.exit_code != 0:
-        _smi_failure(cell, result, "nvidia-smi --query-gpu")
+        _smi_failure(cell, sandbox, result, "nvidia-smi --query-gpu")
     rows = parse_query(result.stdout, fields=QUERY_FIELDS)
     cell.parsed["query"] = [{k: str(v) for k, v in row.items()} for row in rows]
     return rows
