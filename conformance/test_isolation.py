@@ -18,8 +18,10 @@ def test_exclusive_concurrent(cell: Cell) -> None:
         cell.skip("precondition: needs 2 GPUs, the host has 1")
     first = cell.own(GpuRequest.default())
     second = cell.own(GpuRequest.default())
-    seen_first = {g.uuid for g in list_gpus(cell, first)}
-    seen_second = {g.uuid for g in list_gpus(cell, second)}
+    # Each must hold exactly its grant first: two sandboxes that see nothing share nothing, and
+    # "disjoint" must never be how a stack that injects no GPU passes.
+    seen_first = set(expect_exactly(cell, first, 1, first.granted))
+    seen_second = set(expect_exactly(cell, second, 1, second.granted))
     cell.seen = tuple(sorted(seen_first | seen_second))
     cell.details.append({"first": sorted(seen_first), "second": sorted(seen_second)})
     shared = seen_first & seen_second
