@@ -16,7 +16,13 @@ from drivers.base import ExecResult, Sandbox
 from fixtures.cell import Cell
 from fixtures.simgpu.layout import SANDBOX_SCRATCH
 from workloads import cuda_probe
-from workloads.compute_judge import Judgement, parse_probe_output
+from workloads.compute_judge import (
+    HOST_REMEDY,
+    PROBE_IMAGE_REMEDY,
+    Judgement,
+    environment_gap,
+    parse_probe_output,
+)
 
 PROBE_PATH = f"{SANDBOX_SCRATCH}/cuda_probe.py"
 PROBE_TIMEOUT_S = 600.0
@@ -42,6 +48,12 @@ def run_probe(cell: Cell, sandbox: Sandbox, *args: str) -> Mapping[str, Any]:
         cached, _ = _CACHE[key]
         cell.commands.append({**cached.to_json(), "sandbox": sandbox.id, "reused": True})
     return _CACHE[key][1]
+
+
+def gap(cell: Cell, sandbox: Sandbox, doc: Mapping[str, Any], *, needs_cupy: bool) -> Judgement | None:
+    """What the probe environment lacks on a real host (skip/error naming it), or None."""
+    remedy = HOST_REMEDY if sandbox.driver == "host" else PROBE_IMAGE_REMEDY
+    return environment_gap(doc, needs_cupy=needs_cupy, simulated_host=cell.inventory.simulated, remedy=remedy)
 
 
 def apply(cell: Cell, judgement: Judgement) -> None:

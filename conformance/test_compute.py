@@ -7,7 +7,7 @@ compat library leave NVML fine and CUDA dead), so these cases judge what CUDA it
 from __future__ import annotations
 
 from conformance.catalogue import case
-from conformance.compute import apply, run_probe
+from conformance.compute import apply, gap, run_probe
 from conformance.observe import shape_request
 from drivers.base import Sandbox
 from drivers.request import GpuRequest
@@ -31,31 +31,39 @@ def _sandbox(cell: Cell) -> tuple[Sandbox, frozenset[str] | None, int]:
 @case("cuda.init")
 def test_cuda_init(cell: Cell) -> None:
     sandbox, granted, count = _sandbox(cell)
-    apply(cell, judge_init(run_probe(cell, sandbox), granted, count))
+    doc = run_probe(cell, sandbox)
+    apply(cell, gap(cell, sandbox, doc, needs_cupy=False) or judge_init(doc, granted, count))
 
 
 @case("cuda.uuid")
 def test_cuda_uuid(cell: Cell) -> None:
     sandbox, granted, count = _sandbox(cell)
-    apply(cell, judge_uuid(run_probe(cell, sandbox), granted, count, cell.inventory.uuids))
+    doc = run_probe(cell, sandbox)
+    judgement = gap(cell, sandbox, doc, needs_cupy=False)
+    apply(cell, judgement or judge_uuid(doc, granted, count, cell.inventory.uuids))
 
 
 @case("cuda.vectoradd")
 def test_cuda_vectoradd(cell: Cell) -> None:
     sandbox, granted, count = _sandbox(cell)
-    apply(cell, judge_vectoradd(run_probe(cell, sandbox), granted, count))
+    doc = run_probe(cell, sandbox)
+    apply(cell, gap(cell, sandbox, doc, needs_cupy=True) or judge_vectoradd(doc, granted, count))
 
 
 @case("cuda.matmul")
 def test_cuda_matmul(cell: Cell) -> None:
     sandbox, granted, count = _sandbox(cell)
-    apply(cell, judge_matmul(run_probe(cell, sandbox), granted, count))
+    doc = run_probe(cell, sandbox)
+    apply(cell, gap(cell, sandbox, doc, needs_cupy=True) or judge_matmul(doc, granted, count))
 
 
 @case("cuda.bandwidth")
 def test_cuda_bandwidth(cell: Cell) -> None:
     sandbox, granted, _ = _sandbox(cell)
     doc = run_probe(cell, sandbox)
+    missing = gap(cell, sandbox, doc, needs_cupy=True)
+    if missing is not None:
+        apply(cell, missing)
     uuids = sorted(granted) if granted is not None else [str(d["uuid"]) for d in doc.get("devices", [])]
     host = cell.runtime.adapter("host")
     baseline = host.provision(
@@ -71,4 +79,5 @@ def test_cuda_bandwidth(cell: Cell) -> None:
     if cell.inventory.simulated:
         cell.parsed["ratios"] = bandwidth_ratios(doc, host_doc)
         cell.skip("bandwidth parity is not judged on a simulated host (ratios recorded for information)")
-    apply(cell, judge_bandwidth(doc, host_doc, cell.runtime.settings.thresholds))
+    judgement = gap(cell, baseline, host_doc, needs_cupy=True)
+    apply(cell, judgement or judge_bandwidth(doc, host_doc, cell.runtime.settings.thresholds))

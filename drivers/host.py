@@ -5,6 +5,10 @@ cases (default, none, counts, device ids, exclusivity) unsupported. CUDA does ho
 CUDA_VISIBLE_DEVICES, so the compute cases run here restricted to the granted GPUs; that is the
 bandwidth baseline. On a simulated host, the simulated nvidia-smi and the probe are pointed at
 the host-side copies of the simulated nodes and descriptors.
+
+``python3`` in a host command is the harness's own interpreter (``sys.executable``: the one that
+has the harness's numpy, and cupy where the ``cuda`` extra is installed), or the one named with
+``--driver-opt host.python=PATH``; never whichever ``python3`` happens to be first on PATH.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +40,7 @@ from drivers.subproc import run_command
 from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
 
 NOT_ISOLATED: Expectation = "unsupported"
+OPT_PYTHON = "host.python"
 
 
 class HostSandbox(Sandbox):
@@ -50,6 +56,7 @@ class HostSandbox(Sandbox):
         self._selection = selection
         self._scratch = Path(tempfile.mkdtemp(prefix="gpuconform-host-"))
         self._env = adapter.base_env()
+        self._python = adapter.python()
         if req.gpu:
             self._env["CUDA_VISIBLE_DEVICES"] = ",".join(sorted(selection.granted))
         self._closed = False
@@ -61,6 +68,8 @@ class HostSandbox(Sandbox):
 
     def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
         mapped = [self._map(a) for a in argv]
+        if mapped and mapped[0] == "python3":
+            mapped[0] = self._python
         result = run_command(mapped, timeout=timeout, env=self._env)
         return ExecResult(
             tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s, result.timed_out
@@ -121,6 +130,10 @@ class HostAdapter(Adapter):
         root = self.ctx.options.get("sim.root")
         return Path(root) if root else None
 
+    def python(self) -> str:
+        """The interpreter host commands run as ``python3``: the named one, else the harness's own."""
+        return self.ctx.options.get(OPT_PYTHON) or sys.executable
+
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         root = self.sim_root()
@@ -131,13 +144,24 @@ class HostAdapter(Adapter):
         return env
 
     def available(self) -> Availability:
+        python = self.python()
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            return Availability(
+                False,
+                f"{OPT_PYTHON}={python} is not an executable file "
+                f"(hint: --driver-opt {OPT_PYTHON}=/path/to/bin/python3 with numpy and cupy)",
+            )
         result = run_command(["nvidia-smi", "-L"], timeout=20, env=self.base_env())
         if result.exit_code == 127:
             return Availability(False, "nvidia-smi is not on the host's PATH (no NVIDIA driver)")
         if not result.ok:
             why = "timed out" if result.timed_out else (result.stderr or result.stdout).strip()[:200]
             return Availability(False, f"nvidia-smi failed on the host (exit {result.exit_code}): {why}")
-        self.versions = {"engine": "bare host", "simulated": str(self.ctx.inventory.simulated).lower()}
+        self.versions = {
+            "engine": "bare host",
+            "simulated": str(self.ctx.inventory.simulated).lower(),
+            "python": python,
+        }
         return Availability(True, versions=dict(self.versions))
 
     def provision(

@@ -6,7 +6,9 @@ rules here, apart from provisioning, is what lets CI prove each rule can fail.
 
 Verdict strings are those of SPEC section 5 (``reports.evidence.Verdict`` values). A probe crash
 or timeout is ``error`` and is decided by the caller; unparseable output is ``inconclusive``
-(:func:`inconclusive`); anything the probe reports as broken is ``fail``.
+(:func:`inconclusive`); anything the probe reports as broken is ``fail``, except a probe
+environment that lacks the CUDA stack on a real host (:func:`environment_gap`): that is the
+runner's to fix, so it is ``skip`` or ``error`` naming the missing piece, never ``fail``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ PROBE_VERSION = 1
 PASS, FAIL, SKIP, INCONCLUSIVE, ERROR = "pass", "fail", "skip", "inconclusive", "error"
 BANDWIDTH_METRICS = ("h2d_gbps", "d2h_gbps", "d2d_gbps")
 DEFAULT_THRESHOLDS: Mapping[str, float] = {"h2d_gbps": 0.9, "d2h_gbps": 0.9, "d2d_gbps": 0.9}
-_MODES = ("cupy", "simulated", "none")
+_MODES = ("cupy", "driver", "simulated", "none")
 _SIM_NOTE = " (simulated: computed with numpy on the simulated host)"
 
 
@@ -106,6 +108,73 @@ def _init_failure(doc: Mapping[str, Any], smi_count: int | None = None) -> str:
     error = doc.get("cuda", {}).get("error") or "no error text"
     smi = f"nvidia-smi lists {smi_count} GPU(s) but " if smi_count else ""
     return f"{smi}CUDA failed to initialise: {error}"
+
+
+PROBE_IMAGE_REMEDY = "pass --probe-image IMAGE with python3, numpy and cupy (see images/probe)"
+HOST_REMEDY = (
+    "run the harness from an interpreter with cupy (pip install 'gpuconform[cuda]') "
+    "or name one with --driver-opt host.python=PATH"
+)
+CU_ERROR_STUB_LIBRARY = 34
+_INSUFFICIENT_DRIVER = "cudaErrorInsufficientDriver"
+
+
+def environment_gap(
+    doc: Mapping[str, Any],
+    *,
+    needs_cupy: bool,
+    simulated_host: bool,
+    remedy: str = PROBE_IMAGE_REMEDY,
+) -> Judgement | None:
+    """On a real host, what the probe environment lacks for this case, as ``skip``/``error``.
+
+    The probe reports its ``stack`` (interpreter, cupy) and what libcuda said. No cupy is a
+    missing precondition (``skip``: the default images carry numpy only); cupy that does not
+    import, a libcuda that cannot be loaded or is the toolkit's stub, and a cupy runtime newer
+    than the host driver are a broken environment (``error``). None of them says anything about
+    the driver under test, so none is a ``fail``. On a simulated host the probe computes with
+    numpy and the simulated injection is what is judged: no gap there. ``needs_cupy`` is false for
+    cuda.init and cuda.uuid, which the driver API answers alone.
+    """
+    stack = doc.get("stack")
+    if simulated_host or _simulated(doc) or not isinstance(stack, Mapping):
+        return None
+    cupy, libcuda = stack.get("cupy") or {}, stack.get("libcuda") or {}
+    driver_api = doc.get("driver_api") or {}
+    cuda = doc.get("cuda", {})
+    where = f"the probe environment (python {stack.get('python')})"
+    parsed = {"stack": dict(stack), "mode": doc.get("mode"), "cuda_error": cuda.get("error")}
+    if not cuda.get("ok") and not libcuda.get("loaded"):
+        return Judgement(
+            ERROR,
+            f"{where} cannot load {libcuda.get('library', 'libcuda.so.1')}: {driver_api.get('error')}; "
+            "the driver's user-space library comes in with the GPU (CDI spec, or "
+            "NVIDIA_DRIVER_CAPABILITIES=compute under the legacy hook): check the injection and the image",
+            parsed,
+        )
+    if not cuda.get("ok") and driver_api.get("error_code") == CU_ERROR_STUB_LIBRARY:
+        return Judgement(
+            ERROR,
+            f"{where} loads the CUDA toolkit's stub libcuda, not the driver's: {driver_api.get('error')} "
+            "(hint: the image's library path puts .../cuda/lib64/stubs before the injected driver library)",
+            parsed,
+        )
+    too_new = str(cuda.get("error") or "").startswith(_INSUFFICIENT_DRIVER)
+    if doc.get("mode") == "cupy" and too_new and driver_api.get("ok"):
+        return Judgement(
+            ERROR,
+            f"cupy in {where} is built for CUDA runtime {cuda.get('runtime_version')}, newer than the "
+            f"host driver supports (CUDA {driver_api.get('driver_version')}), while the driver API "
+            f"initialises: {cuda.get('error')}; {remedy} built for the host's CUDA version",
+            parsed,
+        )
+    if not needs_cupy:
+        return None
+    if not cupy.get("present"):
+        return Judgement(SKIP, f"precondition: {where} has no cupy: {remedy}", parsed)
+    if not cupy.get("usable"):
+        return Judgement(ERROR, f"cupy in {where} does not import ({cupy.get('error')}): {remedy}", parsed)
+    return None
 
 
 def judge_init(

@@ -10,6 +10,7 @@ import pytest
 from workloads.compute_judge import (
     DEFAULT_THRESHOLDS,
     ProbeOutputError,
+    environment_gap,
     inconclusive,
     judge_bandwidth,
     judge_init,
@@ -253,3 +254,116 @@ def test_bandwidth_missing_baseline_or_figures_is_never_a_pass() -> None:
     no_median = device(A)
     no_median["bandwidth"]["d2h_gbps"]["median"] = None
     assert judge_bandwidth(doc(no_median), doc(device(A))).verdict == "inconclusive"
+
+
+# ---- a probe environment without the CUDA stack, on a real host ----------------------------------
+
+
+def with_stack(
+    document: dict[str, Any],
+    *,
+    cupy: str = "usable",
+    libcuda: bool = True,
+    driver_ok: bool = True,
+    driver_error: tuple[int, str] | None = None,
+) -> dict[str, Any]:
+    """``document`` plus the probe's ``stack`` and ``driver_api`` blocks as the probe writes them."""
+    code, error = driver_error or (None, None)
+    return {
+        **document,
+        "stack": {
+            "python": "/usr/bin/python3",
+            "python_version": "3.11.2",
+            "numpy": "1.24.2",
+            "cupy": {
+                "present": cupy != "absent",
+                "usable": cupy == "usable",
+                "version": "13.6.0" if cupy == "usable" else None,
+                "error": {"absent": "ModuleNotFoundError: No module named 'cupy'"}.get(
+                    cupy, None if cupy == "usable" else "ImportError: libnvrtc.so.12: cannot open"
+                ),
+            },
+            "libcuda": {"library": "libcuda.so.1", "loaded": libcuda},
+        },
+        "driver_api": {
+            "loaded": libcuda,
+            "ok": driver_ok and libcuda,
+            "error": error
+            or (
+                None
+                if libcuda
+                else "libcuda.so.1 could not be loaded: libcuda.so.1: cannot open shared object"
+            ),
+            "error_code": code,
+            "driver_version": 12080 if libcuda else None,
+        },
+    }
+
+
+def test_no_cupy_on_a_real_host_skips_the_checks_naming_the_probe_image() -> None:
+    document = with_stack(doc(device(A), mode="driver"), cupy="absent")
+    document["devices"][0]["checks"] = None
+    gap = environment_gap(document, needs_cupy=True, simulated_host=False)
+    assert gap is not None
+    assert gap.verdict == "skip"
+    assert gap.reason == (
+        "precondition: the probe environment (python /usr/bin/python3) has no cupy: "
+        "pass --probe-image IMAGE with python3, numpy and cupy (see images/probe)"
+    )
+    # cuda.init and cuda.uuid need only the driver API, which answered.
+    assert environment_gap(document, needs_cupy=False, simulated_host=False) is None
+    # The same document, judged without the gap check, would blame the driver.
+    assert judge_vectoradd(document, frozenset([A]), 1).verdict == "fail"
+
+
+def test_cupy_that_does_not_import_is_an_error_naming_its_import_error() -> None:
+    gap = environment_gap(with_stack(doc(device(A)), cupy="broken"), needs_cupy=True, simulated_host=False)
+    assert gap is not None
+    assert gap.verdict == "error"
+    assert "does not import (ImportError: libnvrtc.so.12: cannot open)" in gap.reason
+
+
+def test_libcuda_missing_on_a_real_host_is_an_error_not_a_failed_init() -> None:
+    document = with_stack(doc(mode="none", ok=False, error="no CUDA device"), cupy="absent", libcuda=False)
+    for needs_cupy in (False, True):
+        gap = environment_gap(document, needs_cupy=needs_cupy, simulated_host=False)
+        assert gap is not None
+        assert gap.verdict == "error"
+        assert gap.reason.startswith(
+            "the probe environment (python /usr/bin/python3) cannot load libcuda.so.1: "
+            "libcuda.so.1 could not be loaded"
+        )
+        assert "NVIDIA_DRIVER_CAPABILITIES=compute" in gap.reason
+
+
+def test_the_toolkit_stub_libcuda_is_named() -> None:
+    stub = (34, "CUDA_ERROR_STUB_LIBRARY (34) from cuInit: CUDA driver is a stub library")
+    document = with_stack(doc(mode="driver", ok=False, error=stub[1]), driver_ok=False, driver_error=stub)
+    gap = environment_gap(document, needs_cupy=False, simulated_host=False)
+    assert gap is not None
+    assert (gap.verdict, "stub libcuda" in gap.reason) == ("error", True)
+
+
+def test_cupy_runtime_newer_than_the_driver_is_an_error_naming_both_versions() -> None:
+    too_new = "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+    document = with_stack(doc(ok=False, error=too_new))
+    document["cuda"]["runtime_version"] = 13000
+    gap = environment_gap(document, needs_cupy=False, simulated_host=False)
+    assert gap is not None
+    assert gap.verdict == "error"
+    assert "CUDA runtime 13000, newer than the host driver supports (CUDA 12080)" in gap.reason
+
+
+def test_a_broken_cuda_with_the_stack_present_is_still_the_drivers_failure() -> None:
+    bad = (999, "CUDA_ERROR_UNKNOWN (999) from cuInit: unknown error")
+    document = with_stack(doc(mode="driver", ok=False, error=bad[1]), driver_ok=False, driver_error=bad)
+    assert environment_gap(document, needs_cupy=False, simulated_host=False) is None
+    assert judge_init(document, frozenset([A]), 1).verdict == "fail"
+
+
+def test_no_gap_on_a_simulated_host_or_for_a_document_without_a_stack() -> None:
+    document = with_stack(doc(mode="none", ok=False, error="no CUDA device"), cupy="absent", libcuda=False)
+    assert environment_gap(document, needs_cupy=True, simulated_host=True) is None
+    assert environment_gap(doc(device(A)), needs_cupy=True, simulated_host=False) is None
+    # On a simulated host a sandbox that got no GPU still fails cuda.init, as the driver's fault.
+    assert judge_init(document, frozenset([A]), 1).verdict == "fail"
