@@ -81,6 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             argv += [name, value]
     if args.sim_instance:
         argv += ["--sim-instance", args.sim_instance]
+    if args.host_name:
+        argv += ["--host-name", args.host_name]
     if args.probe_image:
         argv += ["--probe-image", args.probe_image]
     if args.k:
@@ -279,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--require-driver", action="append", help="a missing driver is an error, not a skip")
     run.add_argument("--sim", default="auto", help="simulated host profile, 'auto' (default) or 'none'")
     run.add_argument("--sim-instance", help="use a simulated host started with 'gpuconform sim up'")
+    run.add_argument(
+        "--host-name", help="this host's stable name in a fleet matrix, e.g. the CI runner label"
+    )
     run.add_argument("--sim-fault", action="append", help="fault to inject, e.g. wrong-gpu:1 (repeatable)")
     run.add_argument("--image", action="append", help="KIND=REF: your own image for busybox/python")
     run.add_argument("--probe-image", help="image with python3, numpy and cupy for the compute cases")
