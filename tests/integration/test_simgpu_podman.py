@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drivers.base import Deadline
+from fixtures.images import ensure_image
 from fixtures.simgpu import cdi
 from fixtures.simgpu.host import DEFAULT_CDI_DIR, SimHost
+from fixtures.simgpu.layout import NVML_SONAME
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 120
@@ -34,6 +37,12 @@ def host(image: str) -> Iterator[SimHost]:
         yield sim
     finally:
         sim.down()
+
+
+@pytest.fixture(scope="module")
+def static_image(image: str) -> str:
+    """The deliberately glibc-less image (busybox-static): what a real nvidia-smi cannot run in."""
+    return ensure_image("podman", "busybox-static", deadline=Deadline(300))
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +194,48 @@ def test_host_path_is_honoured_without_major_minor(image: str, tmp_path: Path) -
         cdi.remove_spec(path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[4:6] == ["1,", "5"]
+
+
+def test_nvidia_smi_and_its_library_are_injected_without_a_loader(host: SimHost, static_image: str) -> None:
+    """As a real spec: the ELF and libnvidia-ml, never the loader or libc, so no glibc, no run."""
+    spec = yaml.safe_load(host.cdi_spec_path.read_text())
+    mounted = {m["containerPath"] for m in spec["containerEdits"]["mounts"]}
+    library = f"/usr/lib/{host.state['multiarch']}/{NVML_SONAME}"
+    assert mounted == {"/usr/bin/nvidia-smi", library}
+    script = f"ls /usr/bin/nvidia-smi {library}; ls /lib64 /lib 2>&1; nvidia-smi -L; echo rc=$?"
+    proc = podman_run(static_image, [f"{host.cdi_kind}=0"], script)
+    assert f"/usr/bin/nvidia-smi\n{library}\n" in proc.stdout
+    assert "No such file or directory" in proc.stdout, "the image has no /lib64 loader"
+    assert "rc=127" in proc.stdout and "GPU 0:" not in proc.stdout
+    direct = subprocess.run(
+        ["podman", "run", "--rm", f"--device={host.cdi_kind}=0", static_image, "nvidia-smi", "-L"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert direct.returncode != 0
+    assert "exec /usr/bin/nvidia-smi: no such file or directory" in direct.stderr
+
+
+def test_glibc_less_image_fails_smi_default_saying_nvidia_smi_cannot_execute(  # type: ignore[no-untyped-def]
+    conformance, static_image: str
+) -> None:
+    run = conformance(
+        "--drivers", "podman", "--require-driver", "podman", "--sim", "h100x4",
+        "--image", f"busybox={static_image}", "-k", "smi.default",
+    )  # fmt: skip
+    assert run.exit_code == 1, run.output[-3000:]
+    record = run.record("podman", "smi.default")
+    assert record["verdict"] == "fail", record
+    assert "nvidia-smi is present but cannot execute in this image (no glibc loader?)" in record["reason"]
+    assert "not present" not in record["reason"]
+    assert [c["argv"] for c in record["commands"]][-1] == ["sh", "-c", "command -v nvidia-smi"]
+    assert not run.containers(), "containers left behind"
+
+
+def test_default_image_passes_smi_default(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance(
+        "--drivers", "podman", "--require-driver", "podman", "--sim", "h100x4", "-k", "smi.default"
+    )
+    assert run.exit_code == 0, run.output[-3000:]
+    assert run.record("podman", "smi.default")["verdict"] == "pass"
