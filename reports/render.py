@@ -36,13 +36,19 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_all(out_dir: Path, meta: Mapping[str, Any], records: Sequence[Evidence]) -> dict[str, Path]:
-    """Write ``matrix.json``, ``matrix.md`` and ``matrix.html`` into ``out_dir``; return the paths."""
+def write_all(
+    out_dir: Path, meta: Mapping[str, Any], records: Sequence[Evidence], *, check: bool = True
+) -> dict[str, Path]:
+    """Write ``matrix.json``, ``matrix.md`` and ``matrix.html`` into ``out_dir``; return the paths.
+
+    ``check=False`` writes a matrix.json even when it does not match the shipped schema (to keep
+    a run's results for inspection after the check already failed).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = build_matrix(meta, records)
     paths = {"json": out_dir / "matrix.json", "md": out_dir / "matrix.md", "html": out_dir / "matrix.html"}
-    fmt: Format
-    for fmt in ("json", "md", "html"):
-        _write(paths[fmt], render(matrix, records, fmt))
+    _write(paths["md"], render(matrix, records, "md"))
+    _write(paths["html"], render(matrix, records, "html"))
+    _write(paths["json"], json.dumps(matrix.to_json(check=check), indent=2) + "\n")
     return paths
