@@ -7,6 +7,7 @@ next pod only once the pod holding it is gone from the API, so ``release`` depen
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,33 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "gpuconform"}
 # How the device plugin's DaemonSet is labelled by its Helm chart, by NVIDIA's static manifest,
 # and by the manifests in fixtures/kind (which carry both).
 DEVICE_PLUGIN_SELECTORS = ("app.kubernetes.io/name=nvidia-device-plugin", "name=nvidia-device-plugin-ds")
+
+
+# Where `gpuconform cluster up` leaves the kubeconfig and context of the cluster it made, so that
+# `gpuconform run` finds it without flags (after --driver-opt kubernetes.kubeconfig and $KUBECONFIG).
+CLUSTER_RECORD = Path("/var/tmp/gpuconform/kind-cluster.json")
+
+
+def record_cluster(kubeconfig: Path, context: str, record: Path = CLUSTER_RECORD) -> Path:
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"kubeconfig": str(kubeconfig), "context": context}) + "\n")
+    tmp.replace(record)
+    return record
+
+
+def recorded_cluster(record: Path = CLUSTER_RECORD) -> tuple[str, str] | None:
+    """(kubeconfig, context) of the cluster `cluster up` made, if its kubeconfig still exists."""
+    try:
+        doc = json.loads(record.read_text())
+        kubeconfig, context = str(doc["kubeconfig"]), str(doc["context"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (kubeconfig, context) if Path(kubeconfig).is_file() else None
+
+
+def forget_cluster(record: Path = CLUSTER_RECORD) -> None:
+    record.unlink(missing_ok=True)
 
 
 def load_configuration(kubeconfig: str | None, context: str | None) -> Any:

@@ -14,12 +14,15 @@ the default kubeconfig, or in-cluster config). Every API call carries ``_request
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from drivers import kube_cluster as cluster
+from drivers import kube_truth as truth
 from drivers.base import (
     LABEL_CASE,
     LABEL_RUN,
@@ -33,6 +36,7 @@ from drivers.base import (
     Profile,
     RequestRejected,
 )
+from drivers.inventory import Inventory
 from drivers.kube_diag import api_error_message, collect_diagnostics, list_events
 from drivers.kube_pods import (
     DELETE_WAIT_S,
@@ -45,6 +49,7 @@ from drivers.kube_pods import (
     wait_running,
 )
 from drivers.request import GpuRequest
+from workloads.nvidia_smi import query_argv
 
 OPT_KUBECONFIG = "kubernetes.kubeconfig"
 OPT_CONTEXT = "kubernetes.context"
@@ -52,6 +57,8 @@ OPT_NAMESPACE = "kubernetes.namespace"
 OPT_RUNTIME_CLASS = "kubernetes.runtime_class"
 OPT_PULL_POLICY = "kubernetes.image_pull_policy"
 OPT_UNSCHEDULABLE_WAIT = "kubernetes.unschedulable_wait"
+OPT_CLUSTER_RECORD = "kubernetes.cluster_record"
+OPT_GROUND_TRUTH = "kubernetes.ground_truth"  # "cluster" or "host"; default: cluster on real GPUs
 # How long a pod that fits the node's allocatable GPUs may stay unschedulable (waiting for other
 # pods to release theirs) before the request is rejected. A count above every node's allocatable
 # is rejected as soon as the scheduler reports it.
@@ -78,6 +85,7 @@ class KubernetesAdapter(Adapter):
         self._seq = itertools.count(1)
         self._namespace_ready = False
         self._versions: dict[str, str] = {}
+        self._ground_truth: Inventory | None = None
 
     @property
     def profile(self) -> Profile:
@@ -93,11 +101,20 @@ class KubernetesAdapter(Adapter):
 
     # -- client -------------------------------------------------------------------------------
     def configuration(self) -> Any:
-        """The client Configuration, loaded on first use (never at import)."""
+        """The client Configuration, loaded on first use (never at import).
+
+        Which cluster: ``kubernetes.kubeconfig``, else $KUBECONFIG, else the one
+        ``gpuconform cluster up`` recorded, else ~/.kube/config, else in-cluster."""
         if self._configuration is None:
-            self._configuration = cluster.load_configuration(
-                self.ctx.options.get(OPT_KUBECONFIG) or None, self.ctx.options.get(OPT_CONTEXT) or None
-            )
+            kubeconfig = self.ctx.options.get(OPT_KUBECONFIG) or None
+            context = self.ctx.options.get(OPT_CONTEXT) or None
+            if kubeconfig is None and not os.environ.get("KUBECONFIG"):
+                record = Path(self.ctx.options.get(OPT_CLUSTER_RECORD) or cluster.CLUSTER_RECORD)
+                recorded = cluster.recorded_cluster(record)
+                if recorded is not None:
+                    kubeconfig, context = recorded[0], context or recorded[1]
+                    self._versions["kubeconfig"] = f"{kubeconfig} (recorded by gpuconform cluster up)"
+            self._configuration = cluster.load_configuration(kubeconfig, context)
         return self._configuration
 
     def core(self) -> Any:
@@ -125,14 +142,14 @@ class KubernetesAdapter(Adapter):
         except Exception as exc:
             return Availability(False, f"cannot list nodes: {api_error_message(exc)}", versions)
         versions[cluster.GPU_RESOURCE] = ",".join(f"{n}={c}" for n, c in sorted(nodes.items())) or "none"
-        self._versions = versions
+        self._versions = {**self._versions, **versions}
         if not any(nodes.values()):
             return Availability(
                 False,
                 f"no node has allocatable {cluster.GPU_RESOURCE} (is the NVIDIA device plugin running?)",
                 versions,
             )
-        return Availability(True, "", versions)
+        return Availability(True, "", dict(self._versions))
 
     def gpu_nodes(self) -> dict[str, int]:
         """Allocatable ``nvidia.com/gpu`` per node (nodes without any are listed with 0)."""
@@ -268,9 +285,48 @@ class KubernetesAdapter(Adapter):
 
         Run while the nodes are idle; a busy node is an InfrastructureError, not a guess.
         """
+        found = self._probe_nodes(
+            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], image, deadline
+        )
+        return {
+            node: frozenset(
+                line.strip() for line in stdout.splitlines() if line.strip().startswith(("GPU-", "MIG-"))
+            )
+            for node, stdout in found.items()
+        }
+
+    def ground_truth(self, *, image: str = "", deadline: Deadline | None = None) -> Inventory | None:
+        """The inventory this column is judged against, or None for the run's own inventory.
+
+        On a real cluster the runner's GPUs are not the pods' GPUs: the truth is the cluster's GPU
+        nodes, read by a probe pod per node that takes all of its allocatable GPUs and runs
+        ``nvidia-smi --query-gpu``. What that does not prove: the probe sees GPUs through the
+        same device plugin and runtime under test, so a stack that consistently injects the wrong
+        GPUs, or a GPU the plugin never advertises, is invisible to it (compare with the node's own
+        ``nvidia-smi`` where you can). Against the API double the run's simulated inventory is
+        the truth by construction (``kubernetes.ground_truth=cluster`` probes there too)."""
+        mode = self.ctx.options.get(OPT_GROUND_TRUTH) or (
+            "host" if self.ctx.inventory.simulated else "cluster"
+        )
+        if mode not in ("host", "cluster"):
+            raise InfrastructureError(
+                f"{OPT_GROUND_TRUTH}={mode!r}", hint="expected 'cluster' (GPU nodes) or 'host' (this runner)"
+            )
+        if mode == "host":
+            return None
+        if self._ground_truth is None:
+            self._ground_truth = self._cluster_inventory(image, deadline)
+        return self._ground_truth
+
+    def _cluster_inventory(self, image: str, deadline: Deadline | None) -> Inventory:
+        found = self._probe_nodes(query_argv(truth.PROBE_FIELDS), image, deadline)
+        return truth.inventory_from_probes(found, simulated=self.ctx.inventory.simulated)
+
+    def _probe_nodes(self, argv: list[str], image: str, deadline: Deadline | None) -> dict[str, str]:
+        """``argv``'s stdout in a probe pod on each GPU node that takes all of its GPUs."""
         deadline = deadline or Deadline(180)
         image = image or self.image_for("busybox")
-        out: dict[str, frozenset[str]] = {}
+        out: dict[str, str] = {}
         for node, count in sorted(self.gpu_nodes().items()):
             if count <= 0:
                 continue
@@ -288,19 +344,13 @@ class KubernetesAdapter(Adapter):
                     f"was not scheduled ({exc.message})"
                 ) from None
             with sandbox:
-                result = sandbox.exec(
-                    ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], timeout=deadline.cap(60.0)
-                )
+                result = sandbox.exec(argv, timeout=deadline.cap(60.0))
             if not result.ok:
                 raise InfrastructureError(
                     f"nvidia-smi in the probe pod on {node} failed "
                     f"(exit {result.exit_code}): {result.stderr.strip()[:200]}"
                 )
-            out[node] = frozenset(
-                line.strip()
-                for line in result.stdout.splitlines()
-                if line.strip().startswith(("GPU-", "MIG-"))
-            )
+            out[node] = result.stdout
         return out
 
     def schedules(self, count: int, *, image: str, deadline: Deadline) -> bool:

@@ -219,6 +219,27 @@ def test_node_gpu_uuids_is_the_inventory(adapter: KubernetesAdapter, sim: SimHos
     assert adapter.node_gpu_uuids() == {"kubedouble-node": sim.inventory.uuids}
 
 
+def test_cluster_ground_truth_is_read_from_the_gpu_nodes(
+    double: KubeDouble, sim: SimHost, image: str, tmp_path: Path
+) -> None:
+    """What a real cluster's column is judged against, read through probe pods from the double."""
+    a = make_adapter(double, sim, image, tmp_path, **{"kubernetes.ground_truth": "cluster"})
+    assert a.available().ok
+    try:
+        truth = a.ground_truth()
+        assert truth is not None and truth.source == "kubernetes nodes kubedouble-node"
+        want = {
+            g.uuid: (g.name, g.memory_total_mib, g.driver_version, g.pci_bus_id) for g in sim.inventory.gpus
+        }
+        assert {
+            g.uuid: (g.name, g.memory_total_mib, g.driver_version, g.pci_bus_id) for g in truth.gpus
+        } == want
+        assert a.ground_truth() is truth  # probed once per adapter
+        assert double.pod_names() == []  # the probe pods are gone, their GPUs free again
+    finally:
+        a.teardown_run()
+
+
 def test_missing_image_fails_fast_with_diagnostics_and_no_pod(
     adapter: KubernetesAdapter, double: KubeDouble
 ) -> None:
