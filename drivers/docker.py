@@ -39,6 +39,7 @@ from drivers.base import (
     DriverUnavailable,
     ExecResult,
     InfrastructureError,
+    OptionSpec,
     Profile,
     RequestRejected,
     Sandbox,
@@ -130,6 +131,17 @@ class DockerAdapter(Adapter):
     """The ``docker`` column: an alias of ``docker-legacy`` (see drivers.docker_payload)."""
 
     name = "docker"
+    # ``<column>.<key>`` for each column, and ``docker.<key>`` for all of them (column_option).
+    OPTIONS = {
+        f"{column}.{key}": spec
+        for column in ("docker", "docker-legacy", "docker-cdi")
+        for key, spec in {
+            "host": OptionSpec("the engine's URL, e.g. unix:///run/docker.sock"),
+            "timeout": OptionSpec("seconds for one Engine API call", "seconds"),
+            "legacy_hook": OptionSpec("path of nvidia-container-runtime-hook", "path"),
+            "gpu_path": OptionSpec(removed="the column fixes the path: run docker-cdi or docker-legacy"),
+        }.items()
+    }
     id_scheme = SCHEME_CDI
     gpu_path = wire.GPU_PATH_LEGACY
 

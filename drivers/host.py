@@ -30,6 +30,7 @@ from drivers.base import (
     ExecResult,
     Expectation,
     InfrastructureError,
+    OptionSpec,
     Profile,
     Sandbox,
 )
@@ -97,6 +98,10 @@ class HostSandbox(Sandbox):
 
 class HostAdapter(Adapter):
     name = "host"
+    OPTIONS = {
+        "host.python": OptionSpec("interpreter that runs the compute probe on the host", "path"),
+        "host.uuid_map": OptionSpec("CSV of pci.bus_id,uuid saved before GPUs went to vfio-pci", "path"),
+    }
     id_scheme = SCHEME_HOST
 
     def __init__(self, ctx: AdapterContext) -> None:

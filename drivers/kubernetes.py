@@ -33,6 +33,7 @@ from drivers.base import (
     DriverUnavailable,
     HarnessError,
     InfrastructureError,
+    OptionSpec,
     Profile,
     RequestRejected,
 )
@@ -76,6 +77,17 @@ PROFILE = Profile(
 
 class KubernetesAdapter(Adapter):
     name = "kubernetes"
+    OPTIONS = {
+        OPT_KUBECONFIG: OptionSpec("the kubeconfig file", "path"),
+        OPT_CONTEXT: OptionSpec("the kubeconfig context"),
+        OPT_NAMESPACE: OptionSpec("an existing namespace to use instead of a per-run one"),
+        OPT_RUNTIME_CLASS: OptionSpec("the pods' runtimeClassName"),
+        OPT_PULL_POLICY: OptionSpec("imagePullPolicy", "choice", ("Always", "IfNotPresent", "Never")),
+        OPT_UNSCHEDULABLE_WAIT: OptionSpec("seconds a fitting pod may stay unschedulable", "seconds"),
+        OPT_CLUSTER_RECORD: OptionSpec("the cluster record written by gpuconform cluster up", "path"),
+        OPT_GROUND_TRUTH: OptionSpec("where the inventory comes from", "choice", ("cluster", "host")),
+        "kubernetes.registry": OptionSpec("registry the cluster's nodes pull the sandbox images from"),
+    }
     id_scheme = ""  # no native ids: requests are counts
 
     def __init__(self, ctx: AdapterContext) -> None:

@@ -22,6 +22,7 @@ from drivers.base import (
     DriverUnavailable,
     ExecResult,
     InfrastructureError,
+    OptionSpec,
     Profile,
     RequestRejected,
     Sandbox,
@@ -74,6 +75,10 @@ class PodmanSandbox(Sandbox):
 
 class PodmanAdapter(Adapter):
     name = "podman"
+    OPTIONS = {
+        "podman.binary": OptionSpec("the podman executable", "path"),
+        "cdi.dirs": OptionSpec("comma-separated CDI spec directories podman resolves names from"),
+    }
     id_scheme = SCHEME_CDI
 
     def __init__(self, ctx: AdapterContext) -> None:

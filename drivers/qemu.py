@@ -36,6 +36,7 @@ from drivers.base import (
     Expectation,
     HarnessError,
     InfrastructureError,
+    OptionSpec,
     Profile,
     RequestRejected,
     Sandbox,
@@ -193,6 +194,24 @@ class QemuSandbox(Sandbox):
 
 class QemuAdapter(Adapter):
     name = "qemu"
+    OPTIONS = {
+        f"qemu.{key}": spec
+        for key, spec in {
+            "binary": OptionSpec("the qemu-system executable", "path"),
+            "accel": OptionSpec("accelerator", "choice", ("auto", "kvm", "tcg")),
+            "memory": OptionSpec("guest memory in MiB", "int"),
+            "cpus": OptionSpec("guest vCPUs", "int"),
+            "kernel": OptionSpec("a runner's own guest kernel (with qemu.initrd)", "path"),
+            "initrd": OptionSpec("a runner's own guest initramfs (with qemu.kernel)", "path"),
+            "append": OptionSpec("kernel command line of a runner's own guest"),
+            "disk": OptionSpec("a runner's own guest disk image", "path"),
+            "guest_cache": OptionSpec("where the built guest is cached", "path"),
+            "python_rootfs": OptionSpec("root filesystem with python3 and numpy for compute cases", "path"),
+            "single": OptionSpec("1: one GPU per VM, as a single-GPU VM driver", "flag"),
+            "sysfs_root": OptionSpec("sysfs the VFIO steps work on", "path"),
+            "vfio_state": OptionSpec("file recording VFIO bindings for crash-safe release", "path"),
+        }.items()
+    }
     id_scheme = SCHEME_PCI
     node_minors_follow_host = False  # the guest driver numbers its own /dev/nvidiaN
     single = False
