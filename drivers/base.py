@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from drivers.inventory import SCHEME_CDI, SCHEME_PCI, GpuRecord, Inventory
 from drivers.request import GpuRequest
@@ -168,6 +168,45 @@ class AdapterContext:
         return {LABEL_RUN: self.run_id, LABEL_WORKER: self.worker}
 
 
+OptionKind = Literal["text", "path", "int", "seconds", "flag", "choice"]
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One ``--driver-opt KEY=VALUE`` an adapter reads, declared by the adapter itself.
+
+    The front door (fixtures/preflight.py) checks every given option against the declarations
+    of the adapters that could read it, so a misspelt key or a value out of range stops the run
+    before anything starts, for a third-party adapter exactly as for a built-in one.
+    ``removed`` declares a key that is no longer read, with what to do instead.
+    """
+
+    help: str = ""
+    kind: OptionKind = "text"
+    choices: tuple[str, ...] = ()
+    removed: str = ""
+
+    def problem(self, value: str) -> str | None:
+        """Why ``value`` cannot be used, or None when it can."""
+        if self.removed:
+            return f"is no longer read: {self.removed}"
+        if self.kind == "choice" or self.choices:
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+        if self.kind == "int":
+            return None if value.strip().isdigit() and int(value) > 0 else "must be a whole number > 0"
+        if self.kind == "seconds":
+            try:
+                ok = float(value) > 0
+            except ValueError:
+                ok = False
+            return None if ok else "must be a number of seconds > 0"
+        if self.kind == "flag":
+            return None if value in ("0", "1") else "must be 0 or 1"
+        if self.kind == "path":
+            return None if value.strip() else "must be a path"
+        return None
+
+
 class Sandbox(abc.ABC):
     """A running container, pod or VM with an exec channel.
 
@@ -210,6 +249,10 @@ class Adapter(abc.ABC):
     # Whether /dev/nvidiaN inside is the host's node (containers bind the host's nodes). A VM's
     # guest driver numbers its own, so smi.nodes can only hold it to the count.
     node_minors_follow_host: bool = True
+    # The ``--driver-opt`` keys this adapter reads (full keys, ``"<driver>.<key>"``), each with
+    # what it accepts; a key given for this driver and not declared here is refused before the
+    # run starts. ``image.<kind>`` and ``sim.*`` belong to the harness, not to an adapter.
+    OPTIONS: ClassVar[Mapping[str, OptionSpec]] = {}
 
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
@@ -254,7 +297,13 @@ class Adapter(abc.ABC):
         return str(beyond)
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
-        """Resources carrying all of ``labels`` that still exist (``count.over`` checks none are)."""
+        """Resources carrying all of ``labels`` that still exist (``count.over`` checks none are).
+
+        Part of the contract: an adapter that creates anything (a container, a pod, a VM process,
+        a VFIO binding) lists here what of it still exists, one line each, so that "nothing left
+        behind" is checked on every column. Only an adapter that creates nothing may keep this
+        empty default.
+        """
         return []
 
     def gc(self, run_id: str | None = None) -> list[str]:

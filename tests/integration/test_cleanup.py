@@ -1,4 +1,8 @@
-"""Nothing is left behind: not after a normal run, not after Ctrl-C, not after SIGKILL + gc."""
+"""Nothing is left behind: not after a normal run, not after Ctrl-C, not after SIGKILL + gc.
+
+Podman's containers and the simulated host, and for the docker-cdi column also its private
+Engine 26 daemon: its process, its containers, its containerd shims and its data root.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 CDI_DIR = Path("/var/run/cdi")
 SIM_BASE = Path("/run/gpuconform/sim")
+DATA_BASE = Path("/var/lib/gpuconform")
 
 
 RUN_ID = "cleanup" + secrets.token_hex(3)
@@ -37,8 +43,10 @@ def _ours() -> list[str]:
     return podman_containers(f"dev.gpuconform.run={RUN_ID}")
 
 
-def _start_run(out: Path) -> subprocess.Popen[str]:
-    argv = conformance_argv(out, "--drivers", "podman", "--sim", "h100x4", "-k", "device")
+def _start_run(out: Path, driver: str = "podman", run_id: str = RUN_ID) -> subprocess.Popen[str]:
+    argv = conformance_argv(
+        out, "--drivers", driver, "--require-driver", driver, "--sim", "h100x4", "-k", "device"
+    )
     return subprocess.Popen(
         argv,
         cwd=REPO,
@@ -46,14 +54,16 @@ def _start_run(out: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "GPUCONFORM_RUN_ID": RUN_ID},
+        env={**os.environ, "GPUCONFORM_RUN_ID": run_id},
     )
 
 
-def _wait_for_container(proc: subprocess.Popen[str], timeout: float = 120) -> None:
+def _wait_for_container(
+    proc: subprocess.Popen[str], timeout: float = 180, ours: Callable[[], list[str]] = _ours
+) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if _ours():
+        if ours():
             return
         if proc.poll() is not None:
             pytest.fail(
@@ -86,3 +96,53 @@ def test_sigkill_leftovers_are_removed_by_gc(tmp_path: Path) -> None:
     assert gc.returncode == 0, gc.stderr
     assert not _ours(), gc.stdout
     assert (_sim_specs(), _sim_roots()) == before, gc.stdout
+
+
+def _engine26(run_id: str) -> tuple[list[str], list[int], bool]:
+    """(containers of the run in its private Engine 26, processes under its exec root, data root
+    present), read from the outside: the socket, /proc and the filesystem."""
+    import docker
+
+    daemon_dir = SIM_BASE / f"r{run_id}" / "docker-cdi"
+    containers: list[str] = []
+    sock = daemon_dir / "docker.sock"
+    if sock.exists():
+        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=10)
+        try:
+            containers = [c.name for c in client.containers.list(all=True)]
+        except docker.errors.DockerException:
+            containers = []
+        finally:
+            client.close()
+    procs = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(daemon_dir) in argv:
+                procs.append(int(entry.name))
+    return containers, procs, (DATA_BASE / f"dockerd-cdi-r{run_id}").exists()
+
+
+def test_sigkill_of_a_docker_cdi_run_leaves_engine_26_to_gc(tmp_path: Path) -> None:
+    """The private Engine 26 daemon outlives a killed run (its own session); gc stops it, removes
+    its containers, shims and data root, and the run's CDI spec; the system dockerd is not used."""
+    if not Path("/var/cache/gpuconform/docker26/root/usr/sbin/dockerd").exists():
+        pytest.fail("Engine 26 is not unpacked: bash .ci/setup.d/20-docker-engine26.sh")
+    run_id = "cleanupcdi" + secrets.token_hex(3)
+    proc = _start_run(tmp_path / "out", "docker-cdi", run_id)
+    _wait_for_container(proc, ours=lambda: _engine26(run_id)[0])
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    containers, procs, data_root = _engine26(run_id)
+    assert containers and procs and data_root, "nothing was left to collect; the test proves nothing"
+    gc = subprocess.run(
+        [sys.executable, "-m", "conformance.cli", "gc"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert gc.returncode == 0, gc.stderr
+    assert "stopped private dockerd-cdi" in gc.stdout, gc.stdout
+    assert _engine26(run_id) == ([], [], False), gc.stdout
+    assert not list(CDI_DIR.glob(f"gpuconform-sim-r{run_id}.*")), gc.stdout
+    assert not (SIM_BASE / f"r{run_id}").exists(), gc.stdout

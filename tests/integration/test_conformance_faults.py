@@ -1,12 +1,15 @@
-"""The conformance suites through real Podman against the simulated host, healthy and broken.
+"""The conformance suites through real engines against the simulated host, healthy and broken.
 
 A case that passes on a broken stack is the worst defect this product can have, so each fault of
-the simulated host is injected and the cell it must turn red is checked, with its evidence.
+the simulated host is injected and the cell it must turn red is checked, with its evidence, on
+Podman and on both Docker columns (docker-legacy: Engine 20.10 and the hook; docker-cdi: Engine 26
+resolving the CDI spec itself).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -60,7 +63,7 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("driver", ["podman", "docker"])
+@pytest.mark.parametrize("driver", ["podman", "docker-legacy", "docker-cdi"])
 @pytest.mark.parametrize(("fault", "case", "reason_part"), FAULTS)
 def test_each_fault_turns_its_case_red_with_evidence(  # type: ignore[no-untyped-def]
     conformance, driver: str, fault: str, case: str, reason_part: str
@@ -151,10 +154,13 @@ def test_parallel_workers_share_gpus_through_leases(conformance) -> None:  # typ
     assert not run.containers()
 
 
-def test_cuda_unusable_turns_cuda_init_red_while_smi_stays_green(conformance) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("driver", ["podman", "docker-cdi"])
+def test_cuda_unusable_turns_cuda_init_red_while_smi_stays_green(conformance, driver: str) -> None:  # type: ignore[no-untyped-def]
     run = conformance(
         "--drivers",
-        "podman",
+        driver,
+        "--require-driver",
+        driver,
         "--sim",
         "h100x4",
         "--sim-fault",
@@ -162,10 +168,10 @@ def test_cuda_unusable_turns_cuda_init_red_while_smi_stays_green(conformance) ->
         "-k",
         "smi.default or cuda.init or cuda.vectoradd",
     )
-    verdicts = run.verdicts("podman")
+    verdicts = run.verdicts(driver)
     assert verdicts["smi.default"] == "pass", run.output[-2000:]
     assert verdicts["cuda.init"] == "fail"
-    assert "CUDA failed to initialise" in run.record("podman", "cuda.init")["reason"]
+    assert "CUDA failed to initialise" in run.record(driver, "cuda.init")["reason"]
     assert verdicts["cuda.vectoradd"] != "pass"
 
 
@@ -224,3 +230,61 @@ def test_kubernetes_column_through_the_api_double_catches_an_extra_gpu(conforman
         -3000:
     ]
     assert not healthy.containers() and not broken.containers()
+
+
+# What the docker-cdi column must show on a healthy simulated h100x4 (SPEC 3: the catalogue that
+# applies). Cases added to the catalogue later must at least be pass, rejected or a reasoned skip.
+CDI_PASS = [
+    *("smi.default", "smi.none", "smi.all", "smi.nodes", "count.1", "count.2", "count.max"),
+    *("device.each", "device.uuid", "device.pair", "exclusive.concurrent", "env.escalation", "release"),
+    *("cuda.init", "cuda.uuid", "cuda.vectoradd", "cuda.matmul"),
+]
+CDI_REJECTED = [
+    "count.over",
+    "count.zero",
+    "device.duplicate",
+    "device.mismatch",
+    "device.empty",
+    "device.invalid",
+]
+
+
+def test_both_docker_columns_in_one_run_each_on_its_own_engine_and_path(conformance) -> None:  # type: ignore[no-untyped-def]
+    """The whole catalogue on docker-cdi (Engine 26) beside docker-legacy (Engine 20.10), one run."""
+    run = conformance(
+        "--drivers",
+        "docker-legacy,docker-cdi",
+        "--require-driver",
+        "docker-legacy",
+        "--require-driver",
+        "docker-cdi",
+        "--sim",
+        "h100x4",
+        timeout=1500,
+    )
+    assert run.exit_code == 0, run.output[-3000:]
+    cdi_verdicts = run.verdicts("docker-cdi")
+    assert set(cdi_verdicts) == {c.id for c in CATALOGUE}
+    assert {c: cdi_verdicts[c] for c in CDI_PASS} == dict.fromkeys(CDI_PASS, "pass")
+    assert {c: cdi_verdicts[c] for c in CDI_REJECTED} == dict.fromkeys(CDI_REJECTED, "rejected")
+    assert all(v in GOOD for v in cdi_verdicts.values()), cdi_verdicts
+    skipped = [r for r in run.results["records"] if r["driver"] == "docker-cdi" and r["verdict"] == "skip"]
+    assert all(r["reason"] for r in skipped), skipped
+    assert all(v in GOOD for v in run.verdicts("docker-legacy").values()), run.verdicts("docker-legacy")
+    cdi, legacy = run.record("docker-cdi", "smi.default"), run.record("docker-legacy", "smi.default")
+    assert cdi["versions"]["engine"].startswith("docker 26.") and cdi["versions"]["gpu_path"] == "cdi"
+    assert cdi["versions"]["cdi_spec_file"].endswith(".yaml") and cdi["versions"]["cdi_spec_version"]
+    assert (
+        legacy["versions"]["engine"].startswith("docker 20.10") and legacy["versions"]["gpu_path"] == "legacy"
+    )
+    invalid = run.record("docker-cdi", "device.invalid")["reason"]
+    assert re.search(r"unresolvable CDI devices \S+=\d+", invalid), invalid  # the engine names the id
+    assert "legacy" not in json.dumps(run.record("docker-cdi", "count.2")["versions"]), "silent fallback"
+
+
+def test_docker_alias_is_the_legacy_column(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance(
+        "--drivers", "docker", "--require-driver", "docker", "--sim", "h100x2", "-k", "smi.default"
+    )
+    assert run.verdicts("docker") == {"smi.default": "pass"}, run.output[-2000:]
+    assert run.record("docker", "smi.default")["versions"]["gpu_path"] == "legacy"

@@ -1,4 +1,4 @@
-"""The Docker adapter on a real Engine 20.10, legacy GPU path, through the simulated host.
+"""The docker-legacy column on a real Engine 20.10 (legacy GPU path), through the simulated host.
 
 A private dockerd (fixtures.simgpu.dockerd) serves one simulated host instance with the simulated
 ``nvidia-container-runtime-hook`` first on its PATH; the adapter talks to it through the real SDK
@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from drivers.base import LABEL_RUN, AdapterContext, Deadline, RequestRejected
-from drivers.docker import DockerAdapter
+from drivers.docker import DockerAdapter, DockerLegacyAdapter
 from drivers.inventory import Inventory, default_native_ids
 from drivers.leases import GpuLeases
 from drivers.request import GpuRequest
@@ -37,16 +37,19 @@ class Sim:
     def __init__(self, base: Path, host: SimHost, dockerd: PrivateDockerd) -> None:
         self.base, self.host, self.dockerd = base, host, dockerd
 
-    def adapter(self, inventory: Inventory | None = None) -> DockerAdapter:
+    def adapter(self, inventory: Inventory | None = None, *, hook: bool = True) -> DockerAdapter:
         leases = GpuLeases(self.base / "leases")
         ctx = AdapterContext(
             inventory=inventory or self.host.inventory,
             leases=leases,
             run_id=f"it{secrets.token_hex(3)}",
             worker="gw0",
-            options={"docker.host": self.dockerd.socket_url},
+            options={
+                "docker-legacy.host": self.dockerd.socket_url,
+                **({"docker-legacy.legacy_hook": str(self.dockerd.hook_path)} if hook else {}),
+            },
         )
-        return DockerAdapter(ctx)
+        return DockerLegacyAdapter(ctx)
 
 
 def bring_up(base: Path, *faults: str) -> Sim:
@@ -124,7 +127,19 @@ def test_private_dockerd_is_engine_20_10_on_the_legacy_path(sim: Sim, adapter: D
     assert sim.dockerd.status().running
     assert adapter.versions["engine"].startswith("docker 20.10")
     assert adapter.versions["gpu_path"] == "legacy"
+    assert str(sim.dockerd.hook_path) in adapter.versions["gpu_path_reason"]
     assert adapter.profile.notes.startswith("gpu path: legacy;")
+
+
+def test_legacy_column_without_the_hook_is_unavailable_not_rejected(sim: Sim) -> None:
+    """Engine 20.10 without nvidia-container-runtime-hook would refuse every GPU request; the
+    column says why it cannot run instead of turning each cell into a false 'rejected'."""
+    if shutil.which("nvidia-container-runtime-hook"):
+        pytest.skip("this machine has the real hook on its PATH")
+    adapter = sim.adapter(hook=False)
+    availability = adapter.available()
+    assert not availability.ok
+    assert "neither nvidia-container-runtime-hook on its PATH nor an nvidia runtime" in availability.reason
 
 
 def test_default_request_sees_exactly_its_leased_gpu(adapter: DockerAdapter, busybox: str) -> None:

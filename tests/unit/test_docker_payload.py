@@ -1,9 +1,12 @@
-"""The Docker adapter's API payloads, recorded at the HTTP level from a fake Docker Engine.
+"""What the Docker columns do on engines this machine cannot run, against a fake Docker Engine.
 
-The adapter runs unchanged (real docker-py, real testcontainers) against a small HTTP server that
-answers the calls it makes and records every request; the tests assert the exact
-``POST /containers/create`` body for each request shape on both GPU paths. This is the only
-place the CDI path (Engine >= 25) runs here: no such engine can be installed on this machine.
+Both paths run for real elsewhere: ``docker-cdi`` on Engine 26 (tests/integration/test_docker_cdi.py)
+and ``docker-legacy`` on Engine 20.10 (test_docker_legacy.py), request shapes, ``=all``, refusals,
+exec and gc included. What stays here is what no reachable engine shows: Engine 28's defaults
+(CDI on without configuration, ``DiscoveredDevices`` in ``/info``), the availability judgement of
+each column on engines and hosts we do not have (CDI off, no hook, the nvidia runtime, a remote
+engine), and an engine that accepts connections but never answers. The adapter runs unchanged
+(real docker-py, real testcontainers) against a small HTTP server that records every request.
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from typing import Any
 
 import pytest
 
-from drivers.base import AdapterContext, Deadline, RequestRejected
-from drivers.docker import DockerAdapter
-from drivers.docker_payload import choose_gpu_path, engine_major, read_multiplexed
-from drivers.inventory import SCHEME_LEGACY, GpuRecord, Inventory, default_native_ids
+from drivers.base import AdapterContext, Deadline, DriverUnavailable
+from drivers.docker import DockerAdapter, DockerCdiAdapter, DockerLegacyAdapter
+from drivers.docker_payload import (
+    cdi_spec_for_kind,
+    column_option,
+    engine_major,
+    engine_url,
+    path_support,
+    read_multiplexed,
+)
+from drivers.inventory import GpuRecord, Inventory, default_native_ids
 from drivers.leases import GpuLeases
 from drivers.request import GpuRequest
 
@@ -34,8 +44,14 @@ OUR_LABELS = {
     "dev.gpuconform.worker": "gw0",
     "dev.gpuconform.owner": "gpuconform",
 }
-CDI_INFO = {"ServerVersion": "28.2.2", "DefaultRuntime": "runc", "CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]}
-LEGACY_INFO = {"ServerVersion": "20.10.24", "DefaultRuntime": "runc"}
+# Engine 28.2: CDI on by default, its devices listed in /info (API 1.48).
+ENGINE28_INFO = {
+    "ServerVersion": "28.2.2",
+    "DefaultRuntime": "runc",
+    "CDISpecDirs": ["/etc/cdi", "/var/run/cdi"],
+    "DiscoveredDevices": [{"Source": "cdi", "ID": f"{KIND}={i}"} for i in range(4)]
+    + [{"Source": "cdi", "ID": f"{KIND}=all"}],
+}
 GPU_CAPS = [["gpu"]]
 
 
@@ -164,14 +180,9 @@ INV = inventory()
 UUID2 = INV.gpus[2].uuid
 
 
-@pytest.fixture(params=["cdi", "legacy"])
-def engine(request: pytest.FixtureRequest) -> Iterator[FakeEngine]:
-    fake = FakeEngine("28.2.2", CDI_INFO) if request.param == "cdi" else FakeEngine("20.10.24", LEGACY_INFO)
-    yield fake
-    fake.close()
-
-
-def adapter_for(engine: FakeEngine, tmp_path: Path, **options: str) -> DockerAdapter:
+def adapter_for(
+    engine: FakeEngine, tmp_path: Path, cls: type[DockerAdapter] = DockerCdiAdapter, **options: str
+) -> DockerAdapter:
     ctx = AdapterContext(
         inventory=INV,
         leases=GpuLeases(tmp_path / "leases"),
@@ -179,147 +190,124 @@ def adapter_for(engine: FakeEngine, tmp_path: Path, **options: str) -> DockerAda
         worker="gw0",
         options={"docker.host": engine.url, **options},
     )
-    return DockerAdapter(ctx)
+    return cls(ctx)
 
 
-def provision(adapter: DockerAdapter, req: GpuRequest, env: dict[str, str] | None = None) -> Any:
-    return adapter.provision(req, image="img:1", labels=adapter.ctx.labels, deadline=Deadline(30), env=env)
+def provision(adapter: DockerAdapter, req: GpuRequest) -> Any:
+    return adapter.provision(req, image="img:1", labels=adapter.ctx.labels, deadline=Deadline(30))
 
 
-def expected_requests(path: str, ids: list[str]) -> list[dict[str, Any]]:
-    if path == "cdi":
-        return [{"Driver": "cdi", "Count": 0, "DeviceIDs": ids, "Capabilities": [], "Options": {}}]
-    return [{"Driver": "", "Count": 0, "DeviceIDs": ids, "Capabilities": GPU_CAPS, "Options": {}}]
+@pytest.fixture
+def engine28() -> Iterator[FakeEngine]:
+    fake = FakeEngine("28.2.2", ENGINE28_INFO)
+    yield fake
+    fake.close()
 
 
-SHAPES = [  # (request, CDI-path ids, legacy-path ids)
-    (GpuRequest.default(), [f"{KIND}=0"], ["0"]),
-    (GpuRequest.of_count(2), [f"{KIND}=0", f"{KIND}=1"], ["0", "1"]),
-    (GpuRequest.of_ids([f"{KIND}=2"]), [f"{KIND}=2"], ["2"]),
-    (GpuRequest.of_ids([f"{KIND}={UUID2}"]), [f"{KIND}={UUID2}"], [UUID2]),
-    (GpuRequest.of_ids([f"{KIND}=1", f"{KIND}=3"], count=2), [f"{KIND}=1", f"{KIND}=3"], ["1", "3"]),
-]
-
-
-@pytest.mark.parametrize(("req", "cdi_ids", "legacy_ids"), SHAPES, ids=lambda v: getattr(v, "shape", ""))
-def test_create_payload_names_exactly_the_chosen_gpus(
-    engine: FakeEngine, tmp_path: Path, req: GpuRequest, cdi_ids: list[str], legacy_ids: list[str]
+def test_engine_28_cdi_column_is_available_from_its_listed_devices(
+    engine28: FakeEngine, tmp_path: Path
 ) -> None:
-    adapter = adapter_for(engine, tmp_path)
-    path = "cdi" if "CDISpecDirs" in engine.info else "legacy"
-    sandbox = provision(adapter, req)
-    try:
-        (body,) = engine.bodies("POST /containers/create")
-        ids = cdi_ids if path == "cdi" else legacy_ids
-        assert body["HostConfig"]["DeviceRequests"] == expected_requests(path, ids)
-        assert body["Cmd"] == ["sleep", "2147483647"]
-        assert body["HostConfig"]["NetworkMode"] == "none"
-        assert {k: v for k, v in body["Labels"].items() if k.startswith("dev.gpuconform")} == OUR_LABELS
-        assert sandbox.versions["gpu_path"] == path
-        assert adapter.profile.notes.startswith(f"gpu path: {path};")
-        assert sandbox.granted == frozenset(INV.resolve(SCHEME_LEGACY, i).uuid for i in legacy_ids)  # type: ignore[union-attr]
-    finally:
-        sandbox.close()
-    assert [name for name, _, _ in engine.calls if name.startswith("DELETE")] == ["DELETE /containers/ID"]
+    """Engine 28 needs no daemon.json: CDI is on, and /info lists the devices it resolves."""
+    availability = adapter_for(engine28, tmp_path).available()
+    assert availability.ok, availability.reason
+    assert availability.versions["gpu_path"] == "cdi"
+    assert availability.versions["cdi_devices"].startswith(f"{KIND}=0,")
+    assert availability.versions["cdi_spec_file"] == "(listed by the engine)"
 
 
-def test_all_form_on_each_path(engine: FakeEngine, tmp_path: Path) -> None:
-    path = "cdi" if "CDISpecDirs" in engine.info else "legacy"
-    with provision(adapter_for(engine, tmp_path), GpuRequest.of_ids([INV.cdi_all])) as sandbox:
-        assert sandbox.granted == INV.uuids
-    (body,) = engine.bodies("POST /containers/create")
-    expected = (
-        expected_requests("cdi", [INV.cdi_all])
-        if path == "cdi"
-        else [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": GPU_CAPS, "Options": {}}]
-    )
+@pytest.mark.parametrize(
+    ("req", "ids"),
+    [
+        (GpuRequest.default(), [f"{KIND}=0"]),
+        (GpuRequest.of_count(2), [f"{KIND}=0", f"{KIND}=1"]),
+        (GpuRequest.of_ids([f"{KIND}={UUID2}"]), [f"{KIND}={UUID2}"]),
+        (GpuRequest.of_ids([INV.cdi_all]), [INV.cdi_all]),
+    ],
+    ids=["default", "count.2", "uuid", "all"],
+)
+def test_engine_28_create_payload_is_a_cdi_device_request(
+    engine28: FakeEngine, tmp_path: Path, req: GpuRequest, ids: list[str]
+) -> None:
+    with provision(adapter_for(engine28, tmp_path), req) as sandbox:
+        assert sandbox.driver == "docker-cdi"
+    (body,) = engine28.bodies("POST /containers/create")
+    expected = [{"Driver": "cdi", "Count": 0, "DeviceIDs": ids, "Capabilities": [], "Options": {}}]
     assert body["HostConfig"]["DeviceRequests"] == expected
+    assert {k: v for k, v in body["Labels"].items() if k.startswith("dev.gpuconform")} == OUR_LABELS
 
 
-def test_no_gpu_request_has_no_device_requests_and_passes_env(engine: FakeEngine, tmp_path: Path) -> None:
-    adapter = adapter_for(engine, tmp_path)
-    with provision(adapter, GpuRequest.none(), env={"NVIDIA_VISIBLE_DEVICES": "all"}) as sb:
-        assert sb.granted == frozenset()
-    (body,) = engine.bodies("POST /containers/create")
-    assert body["HostConfig"]["DeviceRequests"] == []
-    assert body["Env"] == ["NVIDIA_VISIBLE_DEVICES=all"]
-
-
-def test_count_over_is_rejected_before_any_create(engine: FakeEngine, tmp_path: Path) -> None:
-    with pytest.raises(RequestRejected, match="requested 5 GPUs but the host has 4"):
-        provision(adapter_for(engine, tmp_path), GpuRequest.of_count(5))
-    assert not [c for c in engine.calls if c[0].startswith("POST /containers")]
-
-
-def test_forced_path_overrides_what_the_engine_reports(engine: FakeEngine, tmp_path: Path) -> None:
-    with provision(adapter_for(engine, tmp_path, **{"docker.gpu_path": "legacy"}), GpuRequest.default()):
-        pass
-    (body,) = engine.bodies("POST /containers/create")
-    assert body["HostConfig"]["DeviceRequests"] == expected_requests("legacy", ["0"])
-
-
-def test_cdi_unknown_device_refused_by_engine_is_rejected_with_its_message(tmp_path: Path) -> None:
-    engine = FakeEngine("28.2.2", CDI_INFO)
-    message = f"CDI device injection failed: unresolvable CDI devices {KIND}=9"
-    engine.fail["POST /containers/create"] = (500, message)
-    adapter = adapter_for(engine, tmp_path)
+def test_engine_28_without_our_kind_leaves_the_cdi_column_unavailable(tmp_path: Path) -> None:
+    info = {**ENGINE28_INFO, "DiscoveredDevices": [{"Source": "cdi", "ID": "nvidia.com/gpu=0"}]}
+    engine = FakeEngine("28.2.2", info)
     try:
-        with pytest.raises(RequestRejected) as caught:
-            provision(adapter, GpuRequest.of_ids([f"{KIND}=9"]))
-        assert message in str(caught.value)
-        (body,) = engine.bodies("POST /containers/create")
-        assert body["HostConfig"]["DeviceRequests"] == expected_requests("cdi", [f"{KIND}=9"])
-        engine.fail.clear()
-        with provision(adapter, GpuRequest.of_count(4)):  # nothing stayed leased
-            pass
-    finally:
-        engine.close()
-
-
-def test_legacy_hook_refusal_at_start_is_rejected_and_the_container_removed(tmp_path: Path) -> None:
-    engine = FakeEngine("20.10.24", LEGACY_INFO)
-    message = (
-        "failed to create shim task: OCI runtime create failed: error running hook #0: exit status 1, "
-        "stderr: nvidia-container-cli: device error: 2: unknown device: unknown"
-    )
-    engine.fail["POST /containers/ID/start"] = (500, message)
-    try:
-        with pytest.raises(RequestRejected, match="device error: 2: unknown device"):
-            provision(adapter_for(engine, tmp_path), GpuRequest.of_ids([f"{KIND}=2"]))
-        assert "DELETE /containers/ID" in [name for name, _, _ in engine.calls]
-    finally:
-        engine.close()
-
-
-def test_legacy_unknown_id_is_rejected_naming_it_before_any_create(tmp_path: Path) -> None:
-    engine = FakeEngine("20.10.24", LEGACY_INFO)
-    try:
-        with pytest.raises(RequestRejected, match=re.escape(f"'{KIND}=9'")):
-            provision(adapter_for(engine, tmp_path), GpuRequest.of_ids([f"{KIND}=9"]))
+        availability = adapter_for(engine, tmp_path).available()
+        assert not availability.ok
+        assert f"no CDI spec of kind {KIND}" in availability.reason
+        with pytest.raises(DriverUnavailable):  # never provisioned on another path
+            provision(adapter_for(engine, tmp_path), GpuRequest.default())
         assert not engine.bodies("POST /containers/create")
     finally:
         engine.close()
 
 
-def test_exec_drains_both_streams_and_reports_the_exit_code(engine: FakeEngine, tmp_path: Path) -> None:
-    with provision(adapter_for(engine, tmp_path), GpuRequest.default()) as sandbox:
-        result = sandbox.exec(["sh", "-c", "x"], timeout=10)
-        seen = (result.exit_code, result.stdout, result.stderr, result.timed_out)
-        assert seen == (3, "out\n", "err\n", False)
-        assert engine.bodies("POST /containers/ID/exec")[0]["Cmd"] == ["sh", "-c", "x"]
-        engine.exec_hang = True
-        start = time.monotonic()
-        late = sandbox.exec(["sleep", "100"], timeout=0.5)
-        assert late.timed_out and late.exit_code is None
-        assert time.monotonic() - start < 2
+def test_legacy_column_on_engine_28_takes_the_hook_path_not_cdi(engine28: FakeEngine, tmp_path: Path) -> None:
+    """The column fixes the path: an engine with CDI on still gets --gpus-style requests."""
+    adapter = adapter_for(engine28, tmp_path, DockerLegacyAdapter, **{"docker.legacy_hook": "/usr/bin/hook"})
+    with provision(adapter, GpuRequest.of_ids([f"{KIND}=2"])) as sandbox:
+        assert sandbox.versions["gpu_path"] == "legacy"
+    (body,) = engine28.bodies("POST /containers/create")
+    assert body["HostConfig"]["DeviceRequests"] == [
+        {"Driver": "", "Count": 0, "DeviceIDs": ["2"], "Capabilities": GPU_CAPS, "Options": {}}
+    ]
 
 
-def test_gc_removes_every_labelled_container(engine: FakeEngine, tmp_path: Path) -> None:
-    engine.listing = [{"Id": "a" * 64, "Names": ["/gpuconform-r1-aaa"]}, {"Id": "b" * 64, "Names": ["/old"]}]
-    assert adapter_for(engine, tmp_path).gc("r1") == ["gpuconform-r1-aaa", "old"]
-    (query,) = [raw for name, raw, _ in engine.calls if name == "GET /containers/json"]
-    assert "dev.gpuconform.run%3Dr1" in query
-    assert len([name for name, _, _ in engine.calls if name == "DELETE /containers/ID"]) == 2
+@pytest.mark.parametrize(
+    ("path", "version", "info", "hook", "ok", "why"),
+    [
+        ("cdi", "20.10.24+dfsg1", {}, None, False, "predates CDI"),
+        ("cdi", "25.0.3", {}, None, False, "CDI disabled"),
+        ("cdi", "25.0.3", {"CDISpecDirs": ["/etc/cdi"]}, None, True, "CDI spec dirs /etc/cdi"),
+        ("cdi", "28.2.2", {"CDISpecDirs": ["/etc/cdi"]}, None, True, "with CDI spec dirs"),
+        ("legacy", "20.10.24", {}, None, False, "neither nvidia-container-runtime-hook"),
+        ("legacy", "20.10.24", {}, "/x/hook", True, "at /x/hook"),
+        ("legacy", "28.2.2", {"Runtimes": {"runc": {}, "nvidia": {}}}, None, True, "nvidia runtime"),
+    ],
+)
+def test_each_path_needs_what_its_engine_must_have(
+    path: str, version: str, info: dict[str, Any], hook: str | None, ok: bool, why: str
+) -> None:
+    got_ok, got_why = path_support(path, {"Version": version}, info, hook=hook)
+    assert (got_ok, why in got_why) == (ok, True), got_why
+
+
+def test_cdi_spec_for_kind_reads_the_spec_dirs(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "other.yaml").write_text('cdiVersion: "0.6.0"\nkind: vendor.example/gpu\ndevices: []\n')
+    (tmp_path / "a" / "ours.json").write_text(
+        json.dumps({"cdiVersion": "0.5.0", "kind": KIND, "devices": []})
+    )
+    (tmp_path / "a" / "notes.txt").write_text(f"kind: {KIND}\n")
+    assert cdi_spec_for_kind([str(tmp_path / "missing"), str(tmp_path / "a")], KIND) == (
+        str(tmp_path / "a" / "ours.json"),
+        "0.5.0",
+    )
+    assert cdi_spec_for_kind([str(tmp_path / "a")], "nvidia.com/gpu") is None
+
+
+def test_columns_read_their_own_options_before_the_shared_ones() -> None:
+    options = {"docker.host": "unix:///shared.sock", "docker-cdi.host": "unix:///cdi.sock"}
+    assert engine_url(options, "docker-cdi") == "unix:///cdi.sock"
+    assert engine_url(options, "docker-legacy") == "unix:///shared.sock"
+    assert column_option({"docker-legacy.legacy_hook": "/h"}, "docker", "legacy_hook") == "/h"  # the alias
+
+
+def test_the_gone_gpu_path_option_is_a_reasoned_skip_not_a_switch(
+    engine28: FakeEngine, tmp_path: Path
+) -> None:
+    options = {"docker.gpu_path": "legacy"}
+    availability = adapter_for(engine28, tmp_path, DockerCdiAdapter, **options).available()
+    assert not availability.ok
+    assert "the column fixes the path" in availability.reason
 
 
 def test_unreachable_engine_is_unavailable_within_seconds(tmp_path: Path) -> None:
@@ -332,26 +320,12 @@ def test_unreachable_engine_is_unavailable_within_seconds(tmp_path: Path) -> Non
                 inventory=INV, leases=GpuLeases(tmp_path), run_id="r1", options={"docker.host": url}
             )
             start = time.monotonic()
-            availability = DockerAdapter(ctx).available()
+            availability = DockerCdiAdapter(ctx).available()
             assert not availability.ok
             assert availability.reason.startswith(f"docker engine not reachable at {url}: ")
             assert time.monotonic() - start < 8
     finally:
         silent.close()
-
-
-@pytest.mark.parametrize(
-    ("version", "info", "override", "path"),
-    [
-        ("20.10.24+dfsg1", {}, None, "legacy"),
-        ("25.0.3", {}, None, "legacy"),  # CDI off
-        ("25.0.3", {"CDISpecDirs": ["/etc/cdi"]}, None, "cdi"),
-        ("28.2.2", {"CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]}, None, "cdi"),
-        ("28.2.2", {"CDISpecDirs": ["/etc/cdi"]}, "legacy", "legacy"),
-    ],
-)
-def test_gpu_path_choice(version: str, info: dict[str, Any], override: str | None, path: str) -> None:
-    assert choose_gpu_path({"Version": version}, info, override)[0] == path
 
 
 def test_engine_major_reads_debian_and_upstream_versions() -> None:
@@ -365,15 +339,12 @@ def test_read_multiplexed_keeps_stdout_and_stderr_apart() -> None:
     assert read_multiplexed(right, Deadline(5)) == ("ac", "b", False)
 
 
-def test_profile_names_its_path_even_without_an_engine(tmp_path: Path) -> None:
-    def profile(**options: str) -> str:
-        ctx = AdapterContext(
-            inventory=INV,
-            leases=GpuLeases(tmp_path),
-            run_id="r1",
-            options={"docker.host": f"unix://{tmp_path}/missing.sock", **options},
-        )
-        return DockerAdapter(ctx).profile.notes
-
-    assert profile(**{"docker.gpu_path": "cdi"}).startswith("gpu path: cdi;")
-    assert profile().startswith("gpu path: unknown (engine not reachable);")
+def test_profile_names_its_column_and_path_without_an_engine(tmp_path: Path) -> None:
+    ctx = AdapterContext(inventory=INV, leases=GpuLeases(tmp_path), run_id="r1", options={})
+    for cls, column, path in (
+        (DockerCdiAdapter, "docker-cdi", "cdi"),
+        (DockerLegacyAdapter, "docker-legacy", "legacy"),
+        (DockerAdapter, "docker", "legacy"),
+    ):
+        profile = cls(ctx).profile
+        assert (profile.driver, profile.notes.split(";")[0]) == (column, f"gpu path: {path}")
