@@ -84,8 +84,8 @@ class KubernetesAdapter(Adapter):
         OPT_RUNTIME_CLASS: OptionSpec("the pods' runtimeClassName"),
         OPT_PULL_POLICY: OptionSpec("imagePullPolicy", "choice", ("Always", "IfNotPresent", "Never")),
         OPT_UNSCHEDULABLE_WAIT: OptionSpec("seconds a fitting pod may stay unschedulable", "seconds"),
-        "kubernetes.cluster_record": OptionSpec("the cluster record written by gpuconform cluster up", "path"),
-        "kubernetes.ground_truth": OptionSpec("where the inventory comes from", "choice", ("cluster", "host")),
+        OPT_CLUSTER_RECORD: OptionSpec("the cluster record written by gpuconform cluster up", "path"),
+        OPT_GROUND_TRUTH: OptionSpec("where the inventory comes from", "choice", ("cluster", "host")),
         "kubernetes.registry": OptionSpec("registry the cluster's nodes pull the sandbox images from"),
     }
     id_scheme = ""  # no native ids: requests are counts
