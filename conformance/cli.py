@@ -177,11 +177,18 @@ def _selected_drivers(args: argparse.Namespace) -> list[str] | None:
     return [part.strip() for value in args.drivers for part in value.split(",") if part.strip()]
 
 
+def _selected_hosts(args: argparse.Namespace) -> list[str] | None:
+    """``--hosts a,b`` as one list, or None (every host)."""
+    if not args.hosts:
+        return None
+    return [part.strip() for value in args.hosts for part in value.split(",") if part.strip()]
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from reports.diff import diff
 
     baseline, current = _load(args.baseline)[0], _load(args.current)[0]
-    print(diff(baseline, current, drivers=_selected_drivers(args)).summary())
+    print(diff(baseline, current, drivers=_selected_drivers(args), hosts=_selected_hosts(args)).summary())
     return 0
 
 
@@ -192,7 +199,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     waivers = load_waivers(Path(args.waivers)) if args.waivers else []
     baseline, current = _load(args.baseline)[0], _load(args.current)[0]
-    result = gate(diff(baseline, current, drivers=_selected_drivers(args)), waivers, dt.date.today())
+    compared = diff(baseline, current, drivers=_selected_drivers(args), hosts=_selected_hosts(args))
+    result = gate(compared, waivers, dt.date.today())
     print(result.summary())
     return 0 if result.passed else 1
 
@@ -345,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="LIST",
             help="compare only these columns (comma separated); other columns missing from "
             "CURRENT are not regressions",
+        )
+        p.add_argument(
+            "--hosts",
+            action="append",
+            metavar="LIST",
+            help="compare only these hosts (--host-name of the runs), e.g. one runner against a "
+            "fleet baseline",
         )
         if name == "gate":
             p.add_argument("--waivers", help="YAML/JSON list of {driver, case, reason, expires}")

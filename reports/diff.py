@@ -103,28 +103,44 @@ def _profile_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | 
 
 
 class DriverSelectionError(ValueError):
-    """``--drivers`` names a column that neither matrix has."""
+    """``--drivers`` (or ``--hosts``) names a column (a host) that neither matrix has."""
+
+
+def _select(option: str, what: str, known: set[str], names: Collection[str] | None) -> frozenset[str] | None:
+    """``None`` (all) or the named ones, each present in some matrix.
+
+    A name in neither matrix is almost always a typo, and comparing nothing would pass any gate.
+    """
+    if names is None:
+        return None
+    wanted = frozenset(d for d in names if d)
+    unknown = sorted(wanted - known)
+    if not wanted or unknown:
+        raise DriverSelectionError(
+            f"{option} {','.join(unknown) or '(empty)'}: no such {what} in either matrix "
+            f"(hint: {what}s are {', '.join(sorted(known)) or 'none'})"
+        )
+    return wanted
 
 
 def select_drivers(
     baseline: Matrix, current: Matrix, drivers: Collection[str] | None
 ) -> frozenset[str] | None:
-    """The columns to compare: ``None`` (all) or the named ones, each present in some matrix.
-
-    A name in neither matrix is almost always a typo, and comparing nothing would pass any gate.
-    """
-    if drivers is None:
-        return None
-    wanted = frozenset(d for d in drivers if d)
+    """The columns to compare: ``None`` (all) or the named ones, each present in some matrix."""
     known = set(baseline.drivers) | set(current.drivers)
     known |= {k[1] for k in baseline.cells} | {k[1] for k in current.cells}
-    unknown = sorted(wanted - known)
-    if not wanted or unknown:
-        raise DriverSelectionError(
-            f"--drivers {','.join(unknown) or '(empty)'}: no such column in either matrix "
-            f"(hint: columns are {', '.join(sorted(known)) or 'none'})"
-        )
-    return wanted
+    return _select("--drivers", "column", known, drivers)
+
+
+def select_hosts(baseline: Matrix, current: Matrix, hosts: Collection[str] | None) -> frozenset[str] | None:
+    """The hosts to compare (fleet baselines gated one runner at a time): ``None`` means all."""
+    known = (
+        set(baseline.hosts)
+        | set(current.hosts)
+        | {k[0] for k in baseline.cells}
+        | {k[0] for k in current.cells}
+    )
+    return _select("--hosts", "host", known, hosts)
 
 
 def diff(
@@ -133,23 +149,31 @@ def diff(
     *,
     host_map: Mapping[str, str] | None = None,
     drivers: Collection[str] | None = None,
+    hosts: Collection[str] | None = None,
 ) -> MatrixDiff:
     """Compare two matrices cell by cell. ``host_map`` renames current hosts to baseline names
     (for ephemeral CI runners whose host name changes every run). ``drivers`` restricts the
     comparison to those columns, so a one-driver run gates against a full baseline: cells and
-    profiles of other drivers are neither regressions nor removals."""
+    profiles of other drivers are neither regressions nor removals. ``hosts`` does the same for
+    hosts (after ``host_map``), so one runner's run gates against a fleet baseline."""
     rename = dict(host_map or {})
     scope = select_drivers(baseline, current, drivers)
+    host_scope = select_hosts(baseline, _rename_hosts(current, rename), hosts)
 
     def renamed(key: tuple[str, ...]) -> Any:
         return (rename.get(key[0], key[0]), *key[1:])
 
     def in_scope(key: tuple[str, ...]) -> bool:
-        return scope is None or key[1] in scope
+        """``key`` in baseline host names (current keys are renamed first)."""
+        return (host_scope is None or key[0] in host_scope) and (scope is None or key[1] in scope)
 
-    baseline = _restrict(baseline, in_scope)
-    cur_cells: dict[CellKey, Cell] = {renamed(k): c for k, c in current.cells.items() if in_scope(k)}
-    cur_sim = {rename.get(h, h): s for h, s in current.simulated.items()}
+    baseline = _restrict(baseline, in_scope, host_scope)
+    cur_cells: dict[CellKey, Cell] = {renamed(k): c for k, c in current.cells.items() if in_scope(renamed(k))}
+    cur_sim = {
+        rename.get(h, h): s
+        for h, s in current.simulated.items()
+        if host_scope is None or rename.get(h, h) in host_scope
+    }
     regressions: list[CellChange] = []
     improvements: list[CellChange] = []
     changes: list[CellChange] = []
@@ -179,7 +203,7 @@ def diff(
             improvements.append(CellChange(key, b.verdict, a.verdict, a.reason))
         else:
             changes.append(CellChange(key, b.verdict, a.verdict, a.reason, note))
-    cur_profiles = {renamed(k): p for k, p in current.profiles.items() if in_scope(k)}
+    cur_profiles = {renamed(k): p for k, p in current.profiles.items() if in_scope(renamed(k))}
     profile_changes = []
     for pkey in sorted(set(baseline.profiles) | set(cur_profiles)):
         delta = _profile_delta(baseline.profiles.get(pkey), cur_profiles.get(pkey))
@@ -191,12 +215,24 @@ def diff(
     )  # fmt: skip
 
 
-def _restrict(matrix: Matrix, keep: Callable[[tuple[str, ...]], bool]) -> Matrix:
-    """The matrix with only the cells and profiles ``keep`` accepts (simulation flags kept)."""
+def _rename_hosts(matrix: Matrix, rename: Mapping[str, str]) -> Matrix:
+    """Only what host selection needs: the host names after ``host_map``."""
+    return replace(
+        matrix,
+        hosts={rename.get(h, h): v for h, v in matrix.hosts.items()},
+        cells={(rename.get(k[0], k[0]), k[1], k[2]): c for k, c in matrix.cells.items()},
+    )
+
+
+def _restrict(
+    matrix: Matrix, keep: Callable[[tuple[str, ...]], bool], hosts: frozenset[str] | None = None
+) -> Matrix:
+    """The matrix with only the cells and profiles ``keep`` accepts, and the selected hosts."""
     return replace(
         matrix,
         cells={k: c for k, c in matrix.cells.items() if keep(k)},
         profiles={k: p for k, p in matrix.profiles.items() if keep(k)},
+        simulated={h: s for h, s in matrix.simulated.items() if hosts is None or h in hosts},
     )
 
 

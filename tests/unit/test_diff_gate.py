@@ -11,7 +11,7 @@ import pytest
 
 from reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
 from reports.evidence import Evidence, Verdict
-from reports.matrix import Matrix, build_matrix
+from reports.matrix import Matrix, build_matrix, merge
 
 TODAY = date(2025, 6, 1)
 
@@ -248,3 +248,19 @@ def test_drivers_scope_naming_no_column_of_either_matrix_is_an_error() -> None:
         DriverSelectionError, match=r"--drivers dcoker: no such column .*hint: columns are docker, podman"
     ):
         diff(make_matrix(), make_matrix(), drivers=["docker", "dcoker"])
+
+
+def test_hosts_scope_gates_one_runner_against_a_fleet_baseline() -> None:
+    fleet = merge([make_matrix(host="runner-a"), make_matrix(host="runner-b")])
+    current = make_matrix({("docker", "cuda.init"): Verdict.FAIL}, host="runner-a")
+    assert ("runner-b", "docker", "count.1") in keys(diff(fleet, current).regressions)
+    d = diff(fleet, current, hosts=["runner-a"])
+    assert keys(d.regressions) == {("runner-a", "docker", "cuda.init")}
+    assert d.removed_cells == ()
+    both = diff(fleet, current, hosts=["runner-a"], drivers=["podman"])
+    assert both.regressions == ()
+
+
+def test_hosts_scope_naming_an_unknown_host_is_an_error() -> None:
+    with pytest.raises(DriverSelectionError, match=r"--hosts runner-z: no such host .*hint: hosts are gpu-a"):
+        diff(make_matrix(), make_matrix(), hosts=["runner-z"])
