@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from workloads.cdi_spec import CdiSpec, all_name, names_by_gpu, naming_strategies
 
 # Id schemes: which family of drivers an id form belongs to.
 SCHEME_CDI = "cdi"  # docker (CDI path), podman: "nvidia.com/gpu=0", "...=GPU-<uuid>"
@@ -108,6 +110,10 @@ class Inventory:
     simulated: bool
     source: str
     cdi_kind: str = REAL_CDI_KIND
+    # Set by learn_cdi_ids: the spec's ``all`` name (None when the spec has none) and the naming
+    # strategies seen; None/() on an inventory whose cdi ids were not learnt from specs.
+    cdi_all_id: str | None = None
+    cdi_strategies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         uuids = [g.uuid for g in self.gpus]
@@ -146,6 +152,8 @@ class Inventory:
             "simulated": self.simulated,
             "source": self.source,
             "cdi_kind": self.cdi_kind,
+            "cdi_all_id": self.cdi_all_id,
+            "cdi_strategies": list(self.cdi_strategies),
             "gpus": [g.to_json() for g in self.gpus],
         }
 
@@ -159,6 +167,8 @@ class Inventory:
                 simulated=bool(data["simulated"]),
                 source=str(data["source"]),
                 cdi_kind=str(data.get("cdi_kind", REAL_CDI_KIND)),
+                cdi_all_id=None if data.get("cdi_all_id") is None else str(data["cdi_all_id"]),
+                cdi_strategies=tuple(str(x) for x in data.get("cdi_strategies", ())),
             )
         except (KeyError, TypeError) as exc:
             raise InventoryError(f"bad inventory document: missing or wrong field {exc}") from None
@@ -201,3 +211,26 @@ def records_from_query(
             )
         )
     return tuple(records)
+
+
+def learn_cdi_ids(inventory: Inventory, specs: Iterable[CdiSpec]) -> Inventory:
+    """A copy of ``inventory`` whose CDI ids are the names the specs on the machine give each GPU.
+
+    The default ids (``kind=<index>``, ``kind=<uuid>``) are an assumption about how the spec was
+    generated; this replaces them with what the specs of ``inventory.cdi_kind`` actually name,
+    matched through each device's ``/dev/nvidiaN`` node and the GPU's minor number. A GPU no spec
+    names gets no CDI id at all, so no case can offer an id the engine would not know. Docker's CDI
+    path calls this too (docker.py), so both engines learn the same names.
+    """
+    specs = list(specs)
+    names = names_by_gpu(specs, inventory, inventory.cdi_kind)
+    gpus = tuple(
+        replace(g, native_ids={**dict(g.native_ids), SCHEME_CDI: tuple(names.get(g.uuid, ()))})
+        for g in inventory.gpus
+    )
+    return replace(
+        inventory,
+        gpus=gpus,
+        cdi_all_id=all_name(specs, inventory, inventory.cdi_kind),
+        cdi_strategies=naming_strategies(specs, inventory, inventory.cdi_kind),
+    )

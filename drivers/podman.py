@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from drivers.base import (
     LABEL_PREFIX,
@@ -27,13 +28,52 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.inventory import SCHEME_CDI
+from drivers.inventory import SCHEME_CDI, GpuRecord, Inventory, learn_cdi_ids
 from drivers.request import GpuRequest
 from drivers.selection import Selection, select_gpus
 from drivers.subproc import run_command
+from workloads.cdi_spec import load_specs
 
 KEEPALIVE = ("sleep", "2147483647")
 REJECTION_MARKERS = ("unresolvable CDI devices", "failed to inject devices", "unknown CDI device")
+# Where Podman's CDI registry reads specs unless containers.conf says otherwise.
+DEFAULT_CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+
+
+def cdi_spec_dirs(options: Mapping[str, str]) -> list[Path]:
+    """The directories whose specs name this run's CDI devices.
+
+    ``cdi.dirs`` (comma separated) wins; on a simulated host, the directory its spec was written
+    to (state.json beside its root); else Podman's defaults.
+    """
+    explicit = options.get("cdi.dirs", "").strip()
+    if explicit:
+        return [Path(d.strip()) for d in explicit.split(",") if d.strip()]
+    sim_root = options.get("sim.root")
+    if sim_root:
+        try:
+            state = json.loads((Path(sim_root) / "state.json").read_text())
+            return [Path(str(state["cdi_spec_path"])).parent]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return [Path(d) for d in DEFAULT_CDI_DIRS]
+
+
+def learnt_inventory(ctx: AdapterContext) -> tuple[Inventory, str]:
+    """The inventory with CDI ids learnt from the specs on the machine, and a line for evidence."""
+    dirs = cdi_spec_dirs(ctx.options)
+    specs = load_specs(dirs)
+    learnt = learn_cdi_ids(ctx.inventory, specs)
+    versions = sorted({s.version for s in specs if s.kind == learnt.cdi_kind})
+    named = sum(1 for g in learnt.gpus if g.ids(SCHEME_CDI))
+    summary = (
+        f"{learnt.cdi_kind} cdiVersion {','.join(versions) or '-'}; names "
+        f"{','.join(learnt.cdi_strategies) or 'none'}{'+all' if learnt.cdi_all_id else ''}; "
+        f"{named}/{len(learnt.gpus)} GPUs named; from {','.join(str(d) for d in dirs)}"
+    )
+    if specs.errors:
+        summary += f"; unreadable: {'; '.join(str(e) for e in specs.errors)[:300]}"
+    return learnt, summary
 
 
 class PodmanSandbox(Sandbox):
@@ -85,6 +125,14 @@ class PodmanAdapter(Adapter):
         super().__init__(ctx)
         self.binary = ctx.options.get("podman.binary", "podman")
         self.versions: dict[str, str] = {}
+        self._learnt: Inventory | None = None
+
+    @property
+    def cdi_inventory(self) -> Inventory:
+        """The host's GPUs with the CDI names the specs give them (read once per adapter)."""
+        if self._learnt is None:
+            self._learnt, self.versions["cdi"] = learnt_inventory(self.ctx)
+        return self._learnt
 
     @property
     def profile(self) -> Profile:
@@ -119,10 +167,25 @@ class PodmanAdapter(Adapter):
         )
         if info.ok:
             self.versions["runtime"] = info.stdout.strip().splitlines()[0] if info.stdout.strip() else ""
+        learnt = self.cdi_inventory
+        if not any(g.ids(SCHEME_CDI) for g in learnt.gpus):
+            return Availability(
+                False,
+                f"no CDI spec of kind {learnt.cdi_kind} names a GPU of this host ({self.versions['cdi']}) "
+                "(hint: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml, or --driver-opt cdi.dirs=DIR)",
+                versions=dict(self.versions),
+            )
         return Availability(True, versions=dict(self.versions))
 
+    def native_ids(self, gpu: GpuRecord) -> list[str]:
+        """The names the CDI specs on the machine give ``gpu``; none when no spec names it."""
+        learnt = self.cdi_inventory.by_uuid(gpu.uuid)
+        return list(learnt.ids(SCHEME_CDI)) if learnt is not None else []
+
     def all_ids(self) -> list[str] | None:
-        return [self.ctx.inventory.cdi_all]
+        """The spec's ``all`` device when it has one that injects every GPU; else no all form."""
+        all_id = self.cdi_inventory.cdi_all_id
+        return [all_id] if all_id else None
 
     def provision(
         self,
@@ -135,7 +198,10 @@ class PodmanAdapter(Adapter):
     ) -> Sandbox:
         req.validate()
         start = time.monotonic()
-        selection = select_gpus(self.ctx, req, SCHEME_CDI, deadline, all_id=self.ctx.inventory.cdi_all)
+        learnt = self.cdi_inventory
+        selection = select_gpus(
+            self.ctx, req, SCHEME_CDI, deadline, all_id=learnt.cdi_all_id, inventory=learnt
+        )
         name = f"gpuconform-{self.ctx.run_id}-{secrets.token_hex(3)}"
         argv = ["run", "-d", "--name", name]
         for key, value in {**labels, f"{LABEL_PREFIX}.owner": "gpuconform"}.items():

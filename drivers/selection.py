@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drivers.base import AdapterContext, Deadline, RequestRejected
-from drivers.inventory import GpuRecord
+from drivers.inventory import GpuRecord, Inventory
 from drivers.leases import Lease
 from drivers.request import GpuRequest
 
@@ -35,15 +35,17 @@ def select_gpus(
     *,
     all_id: str | None = None,
     leased: bool = True,
+    inventory: Inventory | None = None,
 ) -> Selection:
     """Resolve ``req`` into native ids and a lease; RequestRejected for a count beyond the host.
 
     ``leased=False`` is for observers that isolate nothing (the bare host's baseline), which must
-    be able to look at GPUs a sandbox holds.
+    be able to look at GPUs a sandbox holds. ``inventory`` is the adapter's view of the host when
+    its ids were learnt (learn_cdi_ids); the same GPUs as ``ctx.inventory``, other native ids.
     """
-    inventory = ctx.inventory
+    inventory = inventory or ctx.inventory
     if not leased:
-        return _unleased(ctx, req, scheme, all_id)
+        return _unleased(inventory, req, scheme, all_id)
     if not req.gpu:
         return Selection((), frozenset(), Lease(()))
     if req.device_ids:
@@ -69,8 +71,7 @@ def select_gpus(
     return Selection(tuple(ids), lease.uuids, lease)
 
 
-def _unleased(ctx: AdapterContext, req: GpuRequest, scheme: str, all_id: str | None) -> Selection:
-    inventory = ctx.inventory
+def _unleased(inventory: Inventory, req: GpuRequest, scheme: str, all_id: str | None) -> Selection:
     if not req.gpu:
         return Selection((), frozenset(), Lease(()))
     if req.device_ids:

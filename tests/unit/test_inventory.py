@@ -233,3 +233,72 @@ def test_records_from_query_unknown_memory_is_none() -> None:
 def test_records_from_query_bad_bus_id_raises() -> None:
     with pytest.raises(InventoryError, match="not a PCI bus id: 'xx'"):
         records_from_query([_row(0, **{"pci.bus_id": "xx"})])
+
+
+# ---- CDI ids learnt from the specs on the machine ----------------------------------------------
+
+
+def _spec(tmp_path: Any, names: dict[int, str], with_all: bool = True, kind: str = REAL_CDI_KIND) -> Any:
+    import yaml
+
+    devices = [
+        {"name": n, "containerEdits": {"deviceNodes": [{"path": f"/dev/nvidia{m}"}]}}
+        for m, n in names.items()
+    ]
+    if with_all:
+        every = [{"path": f"/dev/nvidia{m}"} for m in names]
+        devices.append({"name": "all", "containerEdits": {"deviceNodes": every}})
+    path = tmp_path / "nvidia.yaml"
+    path.write_text(yaml.safe_dump({"cdiVersion": "0.5.0", "kind": kind, "devices": devices}))
+    return path
+
+
+def _learn(tmp_path: Any, names: dict[int, str], **kw: Any) -> Inventory:
+    from drivers.inventory import learn_cdi_ids
+    from workloads.cdi_spec import load_specs
+
+    _spec(tmp_path, names, **kw)
+    inv = Inventory("h", (_record(0), _record(1)), simulated=False, source="nvidia-smi")
+    return learn_cdi_ids(inv, load_specs([tmp_path]))
+
+
+def test_learnt_uuid_only_spec_offers_only_uuid_names(tmp_path: Any) -> None:
+    inv = _learn(tmp_path, {0: UUIDS[0], 1: UUIDS[1]})
+    assert [g.ids(SCHEME_CDI) for g in inv.gpus] == [
+        (f"{REAL_CDI_KIND}={UUIDS[0]}",),
+        (f"{REAL_CDI_KIND}={UUIDS[1]}",),
+    ]
+    assert inv.resolve(SCHEME_CDI, f"{REAL_CDI_KIND}=0") is None  # never assumed
+    assert inv.cdi_all_id == f"{REAL_CDI_KIND}=all" and inv.cdi_strategies == ("uuid",)
+
+
+def test_learnt_type_index_spec_without_all(tmp_path: Any) -> None:
+    inv = _learn(tmp_path, {0: "gpu0", 1: "gpu1"}, with_all=False)
+    assert inv.resolve(SCHEME_CDI, f"{REAL_CDI_KIND}=gpu1") == inv.gpus[1]
+    assert inv.cdi_all_id is None and inv.cdi_strategies == ("type-index",)
+    assert inv.gpus[0].ids(SCHEME_LEGACY) == ("0", UUIDS[0])  # other schemes untouched
+
+
+def test_learnt_names_follow_minor_numbers_not_indices(tmp_path: Any) -> None:
+    """GPU index 0 is /dev/nvidia1 here (minor numbers need not follow indices)."""
+    from dataclasses import replace
+
+    from drivers.inventory import learn_cdi_ids
+    from workloads.cdi_spec import load_specs
+
+    _spec(tmp_path, {1: "0", 0: "1"})
+    inv = Inventory("h", (replace(_record(0), minor=1), replace(_record(1), minor=0)), False, "nvidia-smi")
+    learnt = learn_cdi_ids(inv, load_specs([tmp_path]))
+    assert learnt.gpus[0].ids(SCHEME_CDI) == (f"{REAL_CDI_KIND}=0",)
+    assert learnt.gpus[1].ids(SCHEME_CDI) == (f"{REAL_CDI_KIND}=1",)
+
+
+def test_a_spec_of_another_kind_leaves_no_cdi_ids(tmp_path: Any) -> None:
+    inv = _learn(tmp_path, {0: "0", 1: "1"}, kind="example.com/gpu")
+    assert all(g.ids(SCHEME_CDI) == () for g in inv.gpus) and inv.cdi_all_id is None
+
+
+def test_learnt_inventory_round_trips_through_json(tmp_path: Any) -> None:
+    inv = _learn(tmp_path, {0: "gpu0", 1: "gpu1"})
+    assert Inventory.loads(inv.dumps()).cdi_strategies == ("type-index",)
+    assert Inventory.loads(inv.dumps()).cdi_all_id == inv.cdi_all_id
