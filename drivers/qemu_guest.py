@@ -2,8 +2,9 @@
 
 The payload carries the per-VM SSH keys and, on the simulated host, the granted GPUs: the
 simulated host's plan (faults already applied) says which device nodes and files each GPU
-injects, and the guest's /init recreates them from fw_cfg, so the guest ends up with the same
-layout as a container (fixtures/simgpu/layout.py).
+injects (descriptors, the ``nvidia-smi`` ELF and its ``libnvidia-ml.so.1``), and the guest's /init
+recreates them from fw_cfg, so the guest ends up with the same layout as a container
+(fixtures/simgpu/layout.py) and runs the binary with its own glibc, as a real guest would.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def guest_payload(injections: Iterable[Mapping[str, Any]]) -> GuestPayload:
             minors.append(int(minor))
         elif path == layout.SANDBOX_NVIDIA_SMI:
             name = "nvidia-smi"
+        elif path.rsplit("/", 1)[-1] == layout.NVML_SONAME:
+            name = "libnvidia-ml"  # the ELF nvidia-smi's library: the guest's loader finds it by RUNPATH
         else:
             name = f"file{i}"
         lines.append(f"file {name} {path} {host.stat().st_mode & 0o777:o}")

@@ -66,7 +66,8 @@ chmod 0600 /etc/dropbear/host_key
 fwcat authorized_keys >/root/.ssh/authorized_keys || fatal "no authorized key in fw_cfg"
 chmod 0600 /root/.ssh/authorized_keys
 
-# Injected files and device nodes (simulated GPUs: descriptors, nvidia-smi, /dev/nvidia*).
+# Injected files and device nodes (simulated GPUs: descriptors, the nvidia-smi ELF and its
+# libnvidia-ml.so.1, /dev/nvidia*; this initramfs has the glibc loader they need).
 # Manifest lines: "node PATH TYPE MAJOR MINOR" or "file FWCFG-NAME PATH MODE".
 if [ -d "$FW/manifest" ]; then
 	fwcat manifest >/run/gpuconform-manifest || fatal "cannot read the manifest"
