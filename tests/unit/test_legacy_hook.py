@@ -167,3 +167,38 @@ def test_a_symlink_out_of_the_rootfs_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "outside rootfs" in proc.stderr
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the simulated host and the hook's mknod need root")
+def test_a_real_plan_injects_the_elf_and_its_library_but_no_loader(tmp_path: Path) -> None:
+    from fixtures.simgpu.host import SimHost
+
+    (tmp_path / "cdi").mkdir()
+    sim = SimHost.up(
+        "h100x2", instance="hook", base=tmp_path / "sim", cdi_dir=tmp_path / "cdi", owner_pid=os.getpid()
+    )
+    try:
+        bundle, target = tmp_path / "bundle", tmp_path / "rootfs"
+        bundle.mkdir()
+        (target / "dev").mkdir(parents=True)
+        env = [PATH_ENV, "NVIDIA_VISIBLE_DEVICES=0"]
+        (bundle / "config.json").write_text(json.dumps({"root": {"path": "rootfs"}, "process": {"env": env}}))
+        state = {"id": "d" * 64, "pid": 1, "bundle": str(bundle)}
+        argv = [
+            sys.executable,
+            str(HOOK),
+            "prestart",
+            "--plan",
+            str(sim.root / "plan.json"),
+            "--target-root",
+            str(target),
+        ]
+        proc = subprocess.run(argv, input=json.dumps(state), capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        library = target / "usr" / "lib" / sim.state["multiarch"] / "libnvidia-ml.so.1"
+        assert (target / "usr/bin/nvidia-smi").read_bytes() == sim.nvidia_smi_path.read_bytes()
+        assert library.read_bytes() == sim.nvml_library_path.read_bytes()
+        assert os.access(library, os.X_OK)
+        assert not [p for p in target.rglob("*") if p.name.startswith(("ld-linux", "libc.so"))]
+    finally:
+        sim.down()
