@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import selectors
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from drivers.base import Deadline, DeadlineExceeded, RequestRejected
 from drivers.inventory import GpuRecord
-from drivers.leases import GpuLeases
+from drivers.leases import GpuLeases, waited_s
 
 POLL = 0.02
 
@@ -141,7 +142,7 @@ import sys, time
 from pathlib import Path
 from drivers.base import Deadline
 from drivers.inventory import GpuRecord
-from drivers.leases import GpuLeases
+from drivers.leases import GpuLeases, waited_s
 gpu = GpuRecord(0, "GPU-lease-0", "sim", "0000:18:00.0", 1024, "1.0", 0)
 lease = GpuLeases(Path(sys.argv[1])).acquire_exact([gpu], Deadline(5))
 print("held", flush=True)
@@ -186,3 +187,39 @@ def test_lease_held_by_another_process_blocks_until_it_dies(
     lease = leases.acquire(gpus, 1, Deadline(5))
     assert lease.uuids == {"GPU-lease-0"}
     lease.release()
+
+
+def _narrow_repeater(lock_dir: str, gpus: list[GpuRecord], until: float) -> None:
+    """Another worker: lease one GPU, hold it briefly, give it back, at once ask again."""
+    leases = GpuLeases(Path(lock_dir), poll_s=0.01)
+    while time.time() < until:
+        lease = leases.acquire(gpus, 1, Deadline(30))
+        time.sleep(0.15)
+        lease.release()
+
+
+def test_a_wide_request_is_not_starved_by_narrow_ones_that_keep_coming(tmp_path: Path) -> None:
+    gpus = list(_gpus(2))
+    until = time.time() + 6.0
+    others = [
+        multiprocessing.get_context("fork").Process(
+            target=_narrow_repeater, args=(str(tmp_path), gpus, until)
+        )
+        for _ in range(2)
+    ]
+    for proc in others:
+        proc.start()
+    try:
+        time.sleep(0.5)  # both GPUs are now taken in turns by the two repeaters
+        leases = GpuLeases(tmp_path, poll_s=0.05)
+        before = waited_s()
+        started = time.monotonic()
+        lease = leases.acquire(gpus, 2, Deadline(20))
+        waited = time.monotonic() - started
+        lease.release()
+        assert waited_s() - before == pytest.approx(waited, abs=0.05)
+        # Without the turnstile the repeaters hand the GPUs to each other until they stop (6 s).
+        assert waited < 2.0, f"the wide request waited {waited:.1f}s behind narrow ones"
+    finally:
+        for proc in others:
+            proc.join(timeout=15)
