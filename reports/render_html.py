@@ -1,8 +1,10 @@
 """One self-contained HTML page: the matrix, colour-coded, with every cell's evidence one click away.
 
 No external assets (CI artefact viewers are often offline or sandboxed) and no framework; a few
-lines of vanilla JS only open the evidence panel of the clicked cell. Everything taken from a
-record is HTML-escaped: stdout of a sandbox is untrusted input.
+lines of vanilla JS open the evidence panel of the clicked cell and apply the "failing cells only"
+filter. Verdict marks are CSS shapes, not emoji: a stock headless Chromium on Debian has no emoji
+font and drew them as empty boxes. Everything taken from a record is HTML-escaped: stdout of a
+sandbox is untrusted input. tests/browser/ drives this page in a real Chromium.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from reports.evidence import Evidence
+from reports.evidence import Evidence, Verdict
 from reports.matrix import Cell, CellKey, Matrix
 from reports.render_md import (
     NOT_RUN,
     SUMMARY_ORDER,
-    SYMBOLS,
     availability,
     host_line,
     join_values,
@@ -49,6 +50,20 @@ td.v{padding:0;border-radius:6px;min-width:110px}td.v a{display:block;padding:4p
 .inconclusive{background:#fbefff;color:#6e40c9}.skip{background:#eaeef2;color:#424a53}
 .unsupported{background:transparent;color:var(--muted);border:1px dashed var(--line)}
 .missing{color:var(--muted)}
+.mk{display:inline-block;box-sizing:border-box;width:11px;height:11px;margin-right:6px;vertical-align:-1px}
+.mk-pass{border-radius:50%;background:currentColor}
+.mk-rejected{border-radius:50%;border:2px solid currentColor;
+ background:linear-gradient(135deg,transparent 40%,currentColor 40% 60%,transparent 60%)}
+.mk-fail{background:linear-gradient(45deg,transparent 38%,currentColor 38% 62%,transparent 62%),
+ linear-gradient(-45deg,transparent 38%,currentColor 38% 62%,transparent 62%)}
+.mk-error{width:12px;background:currentColor;clip-path:polygon(50% 0,100% 100%,0 100%)}
+.mk-inconclusive{border-radius:50%;border:2px dashed currentColor}
+.mk-skip{border:2px solid currentColor;border-radius:2px}
+.mk-unsupported{height:3px;vertical-align:3px;background:currentColor}
+.filter{margin:8px 0;display:inline-block;cursor:pointer}
+body.only-failing tr.row:not(.has-bad),body.only-failing tr.fam:not(.has-bad),
+body.only-failing details.ev:not(.bad){display:none}
+body.only-failing td.v:not(.bad){visibility:hidden}
 details.ev{border:1px solid var(--line);border-radius:8px;margin:6px 0;background:var(--panel)}
 details.ev[open]{box-shadow:0 0 0 2px #0969da55}
 details.ev summary{cursor:pointer;padding:6px 10px}details.ev .body{padding:4px 14px 12px}
@@ -63,7 +78,18 @@ function openEv(id){var d=document.getElementById(id);if(d){d.open=true;d.scroll
 document.addEventListener('click',function(e){
  var a=e.target.closest('a[data-ev]');if(a)openEv(a.dataset.ev);});
 if(location.hash)openEv(location.hash.slice(1));
+var f=document.getElementById('only-failing');
+function applyFilter(){document.body.classList.toggle('only-failing',f.checked);}
+f.addEventListener('change',applyFilter);applyFilter();
 """
+
+#: Verdicts the "failing cells only" filter keeps: the ones that need a person's attention.
+FAILING: frozenset[Verdict] = frozenset({Verdict.FAIL, Verdict.ERROR, Verdict.INCONCLUSIVE})
+
+
+def mark(verdict: Verdict) -> str:
+    """The verdict's mark: a CSS shape (no font needed), beside the verdict word that says it."""
+    return f"<i class='mk mk-{verdict.value}' aria-hidden=true></i>"
 
 
 def _e(value: Any) -> str:
@@ -133,14 +159,18 @@ def _command(c: Mapping[str, Any]) -> str:
 def _evidence(anchor: str, key: CellKey, cell: Cell, r: Evidence | None) -> str:
     v = cell.verdict.value
     head = (
-        f"<summary><span class='n {v}'>{SYMBOLS[cell.verdict]} {v}</span> "
+        f"<summary><span class='n {v}'>{mark(cell.verdict)}{v}</span> "
         f"<code>{_e(key[1])} / {_e(key[2])}</code> <span class=muted>{_e(cell.reason)}</span></summary>"
     )
     if r is None:
         body = ["no evidence record (this matrix was loaded without its results.json)"]
     else:
         body = _evidence_body(r)
-    return f"<details class=ev id={anchor}>{head}<div class=body>{''.join(body)}</div></details>"
+    bad = " bad" if cell.verdict in FAILING else ""
+    return (
+        f"<details class='ev{bad}' id={anchor} data-verdict={v}>{head}"
+        f"<div class=body>{''.join(body)}</div></details>"
+    )
 
 
 def _evidence_body(r: Evidence) -> list[str]:
@@ -179,24 +209,35 @@ def _host_section(m: Matrix, host: str, hi: int, found: Mapping[CellKey, Evidenc
     out += [f"<th>{_e(d)}</th>" for d in drivers]
     out.append("</tr>")
     anchors: dict[CellKey, str] = {}
+    families: dict[str, bool] = {}  # family -> has a failing cell (its heading stays under the filter)
+    for case in m.cases:
+        cells = [m.cell(host, d, case) for d in drivers]
+        family = case.split(".")[0]
+        if any(cells):
+            families[family] = families.get(family, False) or any(
+                c is not None and c.verdict in FAILING for c in cells
+            )
     family = None
     for ci, case in enumerate(m.cases):
         if not any((host, d, case) in m.cells for d in drivers):
             continue
         if case.split(".")[0] != family:
             family = case.split(".")[0]
-            out.append(f"<tr class=fam><td colspan={len(drivers) + 1}>{_e(family)}</td></tr>")
-        out.append(f"<tr><td class=case>{_e(case)}</td>")
+            has_bad = " has-bad" if families.get(family) else ""
+            out.append(f"<tr class='fam{has_bad}'><td colspan={len(drivers) + 1}>{_e(family)}</td></tr>")
+        row_bad = any((c := m.cell(host, d, case)) is not None and c.verdict in FAILING for d in drivers)
+        out.append(f"<tr class='row{' has-bad' if row_bad else ''}'><td class=case>{_e(case)}</td>")
         for di, d in enumerate(drivers):
             cell = m.cell(host, d, case)
             if cell is None:
                 out.append(f"<td class='v missing'>{_e(NOT_RUN)}</td>")
                 continue
             anchor = anchors[(host, d, case)] = f"ev-{hi}-{di}-{ci}"
-            label = f"{SYMBOLS[cell.verdict]} {cell.verdict.value}"
+            v = cell.verdict.value
+            bad = " bad" if cell.verdict in FAILING else ""
             out.append(
-                f"<td class='v {cell.verdict.value}' title='{_e(cell.reason)}'>"
-                f"<a href='#{anchor}' data-ev='{anchor}'>{_e(label)}</a></td>",
+                f"<td class='v {v}{bad}' title='{_e(cell.reason)}' data-cell='{_e(d)}-{_e(case)}'>"
+                f"<a href='#{anchor}' data-ev='{anchor}'>{mark(cell.verdict)}{_e(v)}</a></td>",
             )
         out.append("</tr>")
     out.append("</table><h3>Evidence</h3>")
@@ -217,11 +258,16 @@ def render_html(m: Matrix, records: Sequence[Evidence]) -> str:
     found = _record_index(m, records)
     sim = [h for h in m.hosts if m.simulated.get(h)]
     banner = (
-        f"<div class=banner>⚠ SIMULATED GPU HOST ({_e(', '.join(sim))}): these results exercise the "
-        f"harness against a simulated host and are not hardware evidence.</div>"
+        f"<div class=banner>{mark(Verdict.ERROR)}SIMULATED GPU HOST ({_e(', '.join(sim))}): these "
+        f"results exercise the harness against a simulated host and are not hardware evidence.</div>"
         if sim else ""
     )  # fmt: skip
-    legend = " ".join(f"<span class='n {v.value}'>{SYMBOLS[v]} {v.value}</span>" for v in SYMBOLS)
+    legend = " ".join(f"<span class='n {v.value}'>{mark(v)}{v.value}</span>" for v in Verdict)
+    failing = sum(c.verdict in FAILING for c in m.cells.values())
+    toggle = (
+        f"<label class=filter><input type=checkbox id=only-failing> show failing cells only "
+        f"(fail, error, inconclusive: {failing})</label>"
+    )
     hosts = "".join(_host_section(m, h, i, found) for i, h in enumerate(m.hosts))
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -229,5 +275,5 @@ def render_html(m: Matrix, records: Sequence[Evidence]) -> str:
         f"<title>gpuconform matrix</title><style>{_CSS}</style></head><body>"
         f"<h1>GPU conformance matrix</h1><div class=muted>{len(m.hosts)} host(s) · "
         f"{len(m.drivers)} driver(s) · {len(m.cases)} case(s) · click a cell for its evidence</div>"
-        f"{banner}<div class=chips>{legend}</div>{hosts}<script>{_JS}</script></body></html>\n"
+        f"{banner}<div class=chips>{legend}</div>{toggle}{hosts}<script>{_JS}</script></body></html>\n"
     )

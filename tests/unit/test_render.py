@@ -131,11 +131,15 @@ def test_html_cells_are_colour_coded_with_reason_tooltip_and_linked_evidence() -
     m = known_matrix()
     page = render_html(m, make_records())
     tooltip = "title='nvidia-smi works but CUDA fails | cuInit=100'"
-    assert f"<td class='v fail' {tooltip}>" in page
+    assert f"<td class='v fail bad' {tooltip} data-cell='docker-cuda.init'>" in page
+    assert "<td class='v pass' title='one GPU, matches host' data-cell='docker-smi.default'>" in page
     anchors = re.findall(r"data-ev='(ev-[0-9-]+)'", page)
     assert len(anchors) == len(m.cells) == 16
     for anchor in anchors:
-        assert f"<details class=ev id={anchor}>" in page
+        assert re.search(f"<details class='ev( bad)?' id={anchor} data-verdict=", page)
+    # marks are CSS shapes: no emoji a stock headless Chromium would draw as empty boxes
+    assert not re.search("[\U0001f300-\U0001faff\u2600-\u27bf\u23e9-\u23fa\u2753\ufe0f]", page)
+    assert page.count("<i class='mk mk-inconclusive'") == 3  # the legend, the cell, its evidence
     evidence = page.split("podman / smi.none", 1)[1].split("</details>", 1)[0]
     assert f"<code>{UUID_A}</code></td><td>—</td><td>seen</td><td class=bad>extra: not granted" in evidence
     assert "<code>$ nvidia-smi -L</code> <span class='rc pass'>exit 0</span>" in evidence
