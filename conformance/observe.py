@@ -137,7 +137,32 @@ def expect_exactly(
         cell.fail(f"sandbox sees the wrong GPUs: {'; '.join(parts)}", expected=sorted(granted), seen=uuids)
     if len(uuids) != count:
         cell.fail(f"sandbox sees {len(uuids)} GPU(s), expected {count}", expected=count, seen=uuids)
+    expect_nodes_of(cell, sandbox, uuids)
     return uuids
+
+
+def expect_nodes_of(cell: Cell, sandbox: Sandbox, uuids: Collection[str]) -> None:
+    """Fail unless the /dev/nvidiaN nodes inside are exactly those of ``uuids`` (SPEC 4 node check).
+
+    Run in every positive case, so a node leak (a stack that injects another GPU's node without
+    its driver files, invisible to nvidia-smi) fails the cell whose request caused it. Only where
+    the driver's nodes follow the host's numbering and its profile holds it to smi.nodes: a VM's
+    guest numbers its own nodes, and the bare host isolates nothing.
+    """
+    if not cell.adapter.node_minors_follow_host or cell.adapter.profile.expect("smi.nodes") == "unsupported":
+        return
+    expected = {g.minor for g in cell.inventory.gpus if g.uuid in set(uuids)}
+    nodes = device_nodes(cell, sandbox)
+    if nodes != expected:
+        extra, missing = sorted(nodes - expected), sorted(expected - nodes)
+        parts = ([f"extra {', '.join(f'/dev/nvidia{n}' for n in extra)}"] if extra else []) + (
+            [f"missing {', '.join(f'/dev/nvidia{n}' for n in missing)}"] if missing else []
+        )
+        cell.fail(
+            f"device nodes do not match the GPU(s) seen: {'; '.join(parts)}",
+            expected=[f"/dev/nvidia{n}" for n in sorted(expected)],
+            seen=[f"/dev/nvidia{n}" for n in sorted(nodes)],
+        )
 
 
 def expect_no_gpu(cell: Cell, sandbox: Sandbox, context: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conformance.catalogue import case
-from conformance.observe import list_gpus
+from conformance.observe import expect_nodes_of, list_gpus
 from drivers.inventory import GpuRecord
 from drivers.request import GpuRequest
 from fixtures.cell import Cell
@@ -16,13 +16,15 @@ def _ids(cell: Cell, gpu: GpuRecord) -> list[str]:
 
 def _sees_only(cell: Cell, req: GpuRequest, expected: list[GpuRecord]) -> None:
     """Provision ``req`` in its own sandbox and fail unless it sees exactly ``expected``."""
+    want = sorted(g.uuid for g in expected)
     sandbox = cell.own(req)
     try:
         seen = tuple(g.uuid for g in list_gpus(cell, sandbox))
+        cell.details.append({"ids": list(req.device_ids), "expected": want, "seen": list(seen)})
+        if sorted(seen) == want:  # the right GPUs: now hold its nodes to them too (SPEC 4)
+            expect_nodes_of(cell, sandbox, seen)
     finally:
         cell.release(sandbox)
-    want = sorted(g.uuid for g in expected)
-    cell.details.append({"ids": list(req.device_ids), "expected": want, "seen": list(seen)})
     cell.seen = tuple(sorted(set(cell.seen or ()) | set(seen)))
     if sorted(seen) != want:
         names = ", ".join(f"GPU {g.index}" for g in expected)

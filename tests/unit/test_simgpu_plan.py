@@ -163,3 +163,75 @@ def test_missing_gpu_injects_nothing_of_that_gpu_but_stays_resolvable() -> None:
     spec = cdi.cdi_spec(plan)
     entry = next(d for d in spec["devices"] if d["name"] == "1")
     assert entry["containerEdits"] == {"env": ["GPUCONFORM_SIM_EMPTY_DEVICE=1"]}
+
+
+def test_extra_node_adds_the_next_gpus_node_without_its_descriptor() -> None:
+    plan = plan_for("extra-node:0")
+    for selector in ("0", GPUS[0].uuid):
+        assert nodes(plan["devices"][selector]) == gpu_nodes(0, 1)
+        assert mounts(plan["devices"][selector]) == gpu_mounts(0), "a leaked node, not a second GPU"
+    for gpu in GPUS[1:]:
+        assert nodes(plan["devices"][str(gpu.index)]) == gpu_nodes(gpu.minor)
+    assert nodes(plan["devices"]["all"]) == gpu_nodes(0, 1, 2, 3)
+
+
+def test_extra_node_needs_a_second_gpu() -> None:
+    from fixtures.simgpu.faults import FaultError
+
+    with pytest.raises(FaultError, match="needs a second GPU"):
+        parse_faults(["extra-node:0"], 1)
+
+
+def _named_spec(profile: str) -> dict[str, Any]:
+    from fixtures.simgpu.profiles import get_profile as profile_of
+
+    plan = build_plan("gpu", profile_of(profile).gpus, (), ROOT)
+    return cdi.cdi_spec(plan)
+
+
+@pytest.mark.parametrize(
+    ("profile", "names"),
+    [
+        ("h100x2:cdi=index", ["0", "1", "all"]),
+        ("h100x2:cdi=uuid:no-all", [g.uuid for g in get_profile("h100x2").gpus]),
+        ("h100x2:cdi=type-index", ["gpu0", "gpu1", "all"]),
+        ("h100x2:cdi=type-index:no-all", ["gpu0", "gpu1"]),
+    ],
+)
+def test_the_simulated_spec_takes_the_shape_of_each_naming_strategy(profile: str, names: list[str]) -> None:
+    spec = _named_spec(profile)
+    assert [d["name"] for d in spec["devices"]] == names
+    assert spec["kind"] == "sim.gpuconform.dev/gpu"
+    first = spec["devices"][0]["containerEdits"]["deviceNodes"]
+    assert [n["path"] for n in first] == ["/dev/nvidia0"], "each name still injects its own GPU"
+    hooks = spec["containerEdits"]["hooks"]
+    assert [h["args"][1] for h in hooks] == ["create-symlinks", "update-ldcache", "chmod"]
+    assert {h["path"] for h in hooks} == {"/bin/true"} and spec["containerEdits"]["env"] == [
+        "NVIDIA_VISIBLE_DEVICES=void"
+    ]
+
+
+def test_the_simulated_spec_is_read_by_the_one_reader_with_the_names_it_was_given(tmp_path: Path) -> None:
+    from drivers.inventory import Inventory, learn_cdi_ids
+    from workloads.cdi_spec import load_specs
+
+    gpus = get_profile("h100x2").gpus
+    (tmp_path / "s.yaml").write_text(cdi.render(_named_spec("h100x2:cdi=uuid:no-all")))
+    inv = Inventory(
+        "h", tuple(g.record("sim.gpuconform.dev/gpu") for g in gpus), True, "sim", "sim.gpuconform.dev/gpu"
+    )
+    learnt = learn_cdi_ids(inv, load_specs([tmp_path]))
+    assert [g.ids("cdi") for g in learnt.gpus] == [(f"sim.gpuconform.dev/gpu={g.uuid}",) for g in gpus]
+    assert learnt.cdi_all_id is None and learnt.cdi_strategies == ("uuid",)
+
+
+def test_the_default_naming_keeps_the_spec_as_it_was() -> None:
+    spec = _named_spec("h100x2")
+    assert [d["name"] for d in spec["devices"]] == [
+        "0",
+        get_profile("h100x2").gpus[0].uuid,
+        "1",
+        get_profile("h100x2").gpus[1].uuid,
+        "all",
+    ]
+    assert "hooks" not in spec["containerEdits"]

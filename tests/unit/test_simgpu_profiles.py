@@ -117,3 +117,15 @@ def test_source_string_records_the_faults() -> None:
     faults = parse_faults(["wrong-gpu:1"], gpu_count=4)
     assert source_string("h100x4", faults) == "sim:h100x4+wrong-gpu:1"
     assert source_string("h100x4", ()) == "sim:h100x4"
+
+
+def test_profile_options_choose_the_cdi_naming_and_keep_the_uuids() -> None:
+    from fixtures.simgpu.profiles import ProfileError, get_profile
+
+    plain, named = get_profile("h100x4"), get_profile("h100x4:cdi=uuid:no-all")
+    assert (named.cdi_naming, named.cdi_all) == ("uuid", False)
+    assert [g.uuid for g in named.gpus] == [g.uuid for g in plain.gpus]
+    assert all(g.cdi_naming == "uuid" for g in named.gpus)
+    for bad in ("h100x4:cdi=serial", "h100x4:all", "h100x9:cdi=uuid"):
+        with pytest.raises(ProfileError, match="hint"):
+            get_profile(bad)
