@@ -35,7 +35,8 @@ def run_probe(cell: Cell, sandbox: Sandbox, *args: str) -> Mapping[str, Any]:
     if key not in _CACHE:
         sandbox.put_file(PROBE_PATH, Path(cuda_probe.__file__).read_bytes(), 0o755)
         result = cell.run(sandbox, ["python3", PROBE_PATH, *args], timeout=PROBE_TIMEOUT_S)
-        if is_absent(result):
+        # A JSON document means python3 ran; its text may quote dlopen's "No such file or directory".
+        if not result.stdout.lstrip().startswith("{") and is_absent(result):
             cell.skip(
                 f"precondition: the {cell.driver} sandbox image has no python3 for the compute probe "
                 "(pass one with --probe-image)"
