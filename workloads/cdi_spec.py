@@ -11,11 +11,12 @@ Stable API (``doctor`` builds on it):
   ``errors`` keeps one CdiSpecError per broken file: a broken spec is reported, never fatal);
 - ``CdiSpec(kind, version, path, devices, edits)``, ``CdiDevice(name, nodes, mounts, hooks, env)``;
 - ``names_by_gpu(specs, inventory, kind) -> dict[uuid, list[qualified name]]``,
-  ``all_name(...)``, ``naming_strategies(...)``.
+  ``all_name(...)``, ``naming_strategies(...)``, ``node_mismatches(...)``.
 
-Which name selects which GPU comes from the device's nodes: ``/dev/nvidiaN`` is the GPU whose
-``minor`` (nvidia-smi's ``minor_number``) is N. A device with ``/dev/nvidia-caps/...`` nodes is a
-MIG device and never counts as its whole parent GPU.
+Which name selects which GPU: a name in one of nvidia-ctk's forms names its GPU itself; any other
+name stands for the GPU of its ``/dev/nvidiaN`` node, the GPU whose ``minor`` (nvidia-smi's
+``minor_number``) is N. A device with ``/dev/nvidia-caps/...`` nodes is a MIG device and never
+counts as its whole parent GPU.
 """
 
 from __future__ import annotations
@@ -345,24 +346,55 @@ def _of_kind(specs: Iterable[CdiSpec], kind: str) -> list[CdiSpec]:
     return [s for s in specs if s.kind == kind]
 
 
-def names_by_gpu(specs: Iterable[CdiSpec], inventory: _Inventory, kind: str) -> dict[str, list[str]]:
-    """For each inventory GPU (by UUID), the qualified names whose device injects exactly that GPU.
+def _named_gpu(name: str, inventory: _Inventory) -> _Gpu | None:
+    """The GPU a name claims by its own form (``0``, ``GPU-<uuid>``, ``gpu0``), or None."""
+    return next((g for g in inventory.gpus if strategy_of(name, g) is not None), None)
 
-    A device that injects several GPUs, none, a GPU the inventory lacks, or a MIG device selects
-    no single whole GPU and names none here; nor does ``all`` (on a one-GPU host it injects one
-    GPU, but it is the all-GPUs form, see all_name). Names keep the spec's order.
-    """
+
+def _gpu_of(device: CdiDevice, inventory: _Inventory) -> _Gpu | None:
+    """The one whole GPU ``device`` stands for, or None (MIG, ``all``, several or no GPUs)."""
+    if device.is_mig or device.name == ALL_NAME:
+        return None
+    named = _named_gpu(device.name, inventory)
+    if named is not None:
+        return named
     by_minor = {g.minor: g for g in inventory.gpus}
+    minors = [m for m in device.gpu_minors if m in by_minor]
+    return by_minor[minors[0]] if len(minors) == 1 and len(device.gpu_minors) == 1 else None
+
+
+def names_by_gpu(specs: Iterable[CdiSpec], inventory: _Inventory, kind: str) -> dict[str, list[str]]:
+    """For each inventory GPU (by UUID), the qualified names that stand for exactly that GPU.
+
+    A name in one of nvidia-ctk's forms (``0``, ``GPU-<uuid>``, ``gpu0``) stands for the GPU it
+    names, whatever its nodes inject: that is what the operator asks for by it, so a spec that
+    injects another GPU under that name is a broken stack the cases must catch (node_mismatches
+    reports it for doctor). Any other name stands for the GPU of its single ``/dev/nvidiaN``
+    node, matched through the GPU's minor number. MIG devices, ``all`` and devices injecting
+    several GPUs stand for no single whole GPU. Names keep the spec's order.
+    """
     names: dict[str, list[str]] = {g.uuid: [] for g in inventory.gpus}
     for spec in _of_kind(specs, kind):
         for device in spec.devices:
-            minors = device.gpu_minors
-            if device.is_mig or len(minors) != 1 or device.name == ALL_NAME:
-                continue
-            gpu = by_minor.get(next(iter(minors)))
+            gpu = _gpu_of(device, inventory)
             if gpu is not None:
                 names[gpu.uuid].append(spec.qualified(device.name))
     return names
+
+
+def node_mismatches(specs: Iterable[CdiSpec], inventory: _Inventory, kind: str) -> list[str]:
+    """One line per device whose name names a GPU but whose nodes inject other GPU nodes."""
+    problems = []
+    for spec in _of_kind(specs, kind):
+        for device in spec.devices:
+            gpu = None if device.is_mig else _named_gpu(device.name, inventory)
+            if gpu is not None and device.gpu_minors != {gpu.minor}:
+                injected = ", ".join(f"/dev/nvidia{m}" for m in sorted(device.gpu_minors)) or "no GPU node"
+                problems.append(
+                    f"{spec.path}: {spec.qualified(device.name)} names GPU {gpu.index} ({gpu.uuid}, "
+                    f"/dev/nvidia{gpu.minor}) but injects {injected}"
+                )
+    return problems
 
 
 def all_name(specs: Iterable[CdiSpec], inventory: _Inventory, kind: str) -> str | None:

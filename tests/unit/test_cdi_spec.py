@@ -20,6 +20,7 @@ from workloads.cdi_spec import (
     load_specs,
     names_by_gpu,
     naming_strategies,
+    node_mismatches,
     parse_spec,
 )
 
@@ -89,10 +90,35 @@ def test_a_spec_of_another_kind_names_nothing() -> None:
     assert all_name(specs, inventory(1), "nvidia.com/gpu") is None
 
 
-def test_the_name_follows_the_node_not_the_index() -> None:
-    """Host index 0 with /dev/nvidia3: the name "0" in the spec injects minor 0, which is no GPU."""
+def test_a_name_in_nvidia_ctk_form_names_its_gpu_and_a_node_mismatch_is_reported() -> None:
+    """Host index 0 is /dev/nvidia3 here, but the spec's "0" injects /dev/nvidia0."""
     specs = [load_spec(CORPUS / "nvidia-ctk-generate-index.yaml")]
-    assert names_by_gpu(specs, inventory(1, minors=(3,)), KIND) == {UUIDS[0]: []}
+    inv = inventory(1, minors=(3,))
+    assert names_by_gpu(specs, inv, KIND) == {UUIDS[0]: [f"{KIND}=0"]}
+    (problem,) = node_mismatches(specs, inv, KIND)
+    assert f"{KIND}=0 names GPU 0" in problem and "/dev/nvidia3) but injects /dev/nvidia0" in problem
+
+
+def test_any_other_name_stands_for_the_gpu_of_its_single_node(tmp_path: Path) -> None:
+    path = variant(tmp_path, {"0": "left", "1": "right"})
+    inv = inventory(2, minors=(1, 0))
+    assert names_by_gpu([load_spec(path)], inv, KIND) == {
+        UUIDS[0]: [f"{KIND}=right"],
+        UUIDS[1]: [f"{KIND}=left"],
+    }
+    assert naming_strategies([load_spec(path)], inv, KIND) == ()
+    assert node_mismatches([load_spec(path)], inv, KIND) == []
+
+
+def test_a_device_injecting_two_gpus_under_an_index_name_still_names_that_gpu(tmp_path: Path) -> None:
+    """A leak (the spec's "0" also injects /dev/nvidia1) must not hide GPU 0's name: the cases catch it."""
+    path = variant(tmp_path, {"0": "0", "1": "1"})
+    doc = yaml.safe_load(path.read_text())
+    doc["devices"][0]["containerEdits"]["deviceNodes"].append({"path": "/dev/nvidia1"})
+    path.write_text(yaml.safe_dump(doc))
+    specs = [load_spec(path)]
+    assert names_by_gpu(specs, inventory(2), KIND)[UUIDS[0]] == [f"{KIND}=0"]
+    assert len(node_mismatches(specs, inventory(2), KIND)) == 1
 
 
 @pytest.mark.parametrize(
