@@ -203,3 +203,20 @@ def test_qemu_stays_in_the_defaults_where_no_host_driver_holds_the_gpus(
     vfio_host(tmp_path, monkeypatch)
     assert not environment.uses_real_gpus(Settings(sim="auto"))
     assert "qemu" in default_drivers(real_gpus=False)
+
+
+def test_the_refusal_is_kept_as_one_line_for_the_runs_error_cells(
+    gpu_host: FakeSysfs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_smi(tmp_path, monkeypatch, code=18, out=MISMATCH)
+    run_dir = tmp_path / "run"
+    assert environment.environment_error(run_dir) is None
+    with pytest.raises(EnvironmentSetupError):
+        ensure_environment(Settings(sim="auto"), run_dir, "t6")
+    line = environment.environment_error(run_dir)
+    assert line is not None and "\n" not in line
+    assert line.startswith("this host has NVIDIA GPUs (0000:18:00.0 on nvidia, 0000:2a:00.0 on nvidia, ")
+    assert (
+        "exited 18 (LIB_RM_VERSION_MISMATCH): Failed to initialize NVML" in line
+        and "(hint: fix the driver" in line
+    )
