@@ -62,7 +62,12 @@ def test_run_on_a_gpu_host_with_a_failing_nvidia_smi_errors_every_cell_and_simul
         case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
         for case in junit.iter("testcase")
     }
-    assert sorted(verdicts) == ["host-smi.default", "host-smi.none", "podman-smi.default", "podman-smi.none"]
+    assert sorted(str(name) for name in verdicts) == [
+        "host-smi.default",
+        "host-smi.none",
+        "podman-smi.default",
+        "podman-smi.none",
+    ]
     for name, props in verdicts.items():
         assert (props["verdict"], props["simulated"]) == ("error", "false"), name
     results = (out / "results.json").read_text()
