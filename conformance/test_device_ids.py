@@ -21,11 +21,11 @@ def _sees_only(cell: Cell, req: GpuRequest, expected: list[GpuRecord]) -> None:
     try:
         seen = tuple(g.uuid for g in list_gpus(cell, sandbox))
         cell.details.append({"ids": list(req.device_ids), "expected": want, "seen": list(seen)})
+        cell.seen = tuple(sorted(set(cell.seen or ()) | set(seen)))
         if sorted(seen) == want:  # the right GPUs: now hold its nodes to them too (SPEC 4)
             expect_nodes_of(cell, sandbox, seen)
     finally:
         cell.release(sandbox)
-    cell.seen = tuple(sorted(set(cell.seen or ()) | set(seen)))
     if sorted(seen) != want:
         names = ", ".join(f"GPU {g.index}" for g in expected)
         strangers = sorted(set(seen) - cell.inventory.uuids)
