@@ -7,10 +7,13 @@ everything it does can also be done with plain pytest. Errors are one line, neve
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
+import secrets
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -34,9 +37,12 @@ def _conformance_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _plugin_args() -> list[str]:
-    installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "fixtures.plugin"]
+def _plugin_module() -> str:
+    """The harness's own plugin, by the module its pytest11 entry point names (else this checkout's)."""
+    for ep in entry_points(group="pytest11"):
+        if ep.name == "gpuconform":
+            return ep.value
+    return "fixtures.plugin"
 
 
 def _become_root_for_simulation(argv: Sequence[str]) -> None:
@@ -49,27 +55,9 @@ def _become_root_for_simulation(argv: Sequence[str]) -> None:
     os.execvp("sudo", ["sudo", keep, sys.executable, "-m", "conformance.cli", *argv])
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import pytest
-
-    out = Path(args.out)
-    argv = [
-        str(_conformance_dir()),
-        *_plugin_args(),
-        "-p",
-        "no:cacheprovider",
-        "-v",
-        "--tb=no",
-        "-o",
-        "console_output_style=count",
-        "--rootdir",
-        str(_conformance_dir().parent),
-        "--out",
-        str(out),
-        f"--junitxml={out / 'junit.xml'}",
-        "--sim",
-        args.sim,
-    ]
+def _gpuconform_args(args: argparse.Namespace) -> list[str]:
+    """The plugin's own options, as ``gpuconform run`` passes them to pytest."""
+    argv = ["--out", str(args.out), "--sim", args.sim]
     for name, values in (
         ("--drivers", args.drivers),
         ("--require-driver", args.require_driver),
@@ -79,20 +67,104 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         for value in values or []:
             argv += [name, value]
-    if args.sim_instance:
+    if args.sim_instance is not None:
         argv += ["--sim-instance", args.sim_instance]
     if args.host_name:
         argv += ["--host-name", args.host_name]
     if args.probe_image:
         argv += ["--probe-image", args.probe_image]
+    return argv
+
+
+def _workers(args: argparse.Namespace) -> str | None:
+    """``-n`` as pytest-xdist takes it, or None to run in this process."""
+    return None if args.numprocesses in (None, "", "0") else str(args.numprocesses)
+
+
+def _preflight(args: argparse.Namespace, plugin_argv: Sequence[str]) -> None:
+    """Every check before pytest starts (fixtures/preflight.py): raises with one line, creates nothing.
+
+    The plugin's options are parsed by the plugin's own definitions, so options given after
+    ``--`` (``--provision-timeout``) are checked the same way.
+    """
+    from _pytest.config.argparsing import Parser
+
+    from fixtures import preflight
+    from fixtures.settings import Settings, add_options
+
+    parser = Parser(_ispytest=True)
+    add_options(parser)
+    try:
+        namespace = parser.parse_known_args([*plugin_argv, *(args.pytest_args or [])])
+    except SystemExit:  # argparse already printed its one line
+        raise preflight.PreflightError("bad option after --", hint="see gpuconform run --help") from None
+    preflight.check_run(Settings.from_options(namespace))
+    preflight.check_workers(args.numprocesses)
+    if _workers(args) is not None:
+        preflight.check_plugin("xdist", f"-n {args.numprocesses}", "pytest-xdist")
+    if args.allure:
+        preflight.check_plugin("allure_pytest", "--allure", "allure-pytest")
+        preflight.check_writable_dir(Path(args.allure), "--allure")
+    preflight.check_keyword(args.k)
+    preflight.check_stray_words(args.pytest_args or [])
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in os.environ for the run (its xdist workers inherit them), then as before."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """pytest over the suites with only the plugins the harness needs, after every check passed.
+
+    Plugin autoloading is off, so whatever the user's environment installed (pytest-benchmark,
+    hypothesis) neither prints into the run nor changes it, and no module of this package is
+    marked for assertion rewriting after it was imported (pytest's "Module already imported"
+    warning). Outputs go beside --out and replace it only when the run ends (fixtures/outdir.py).
+    """
+    import pytest
+
+    plugin_argv = _gpuconform_args(args)
+    _preflight(args, plugin_argv)
+    argv = [
+        str(_conformance_dir()),
+        "-p",
+        _plugin_module(),
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "--tb=no",
+        "-o",
+        "console_output_style=count",
+        "--rootdir",
+        str(_conformance_dir().parent),
+        *plugin_argv,
+    ]
     if args.k:
         argv += ["-k", args.k]
-    if args.numprocesses not in (None, "", "0"):
-        argv += ["-n", args.numprocesses]
+    workers = _workers(args)
+    if workers is not None or importlib.util.find_spec("xdist") is not None:
+        argv += ["-p", "xdist.plugin"]  # also with -n 0: the plugin's xdist_group marks are known
+    if workers is not None:
+        argv += ["-n", workers]
     if args.allure:
-        argv += [f"--alluredir={args.allure}"]
+        argv += ["-p", "allure_pytest.plugin", f"--alluredir={args.allure}"]
     argv += list(args.pytest_args or [])
-    return int(pytest.main(argv))
+    run_id = os.environ.get("GPUCONFORM_RUN_ID") or secrets.token_hex(4)
+    with _environment({"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "GPUCONFORM_RUN_ID": run_id}):
+        code = int(pytest.main(argv))
+    # A check only pytest could make (an option after --) stopped it: a usage error here too.
+    return 2 if code == int(pytest.ExitCode.USAGE_ERROR) else code
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -141,9 +213,43 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
-    from reports.matrix import load_run
+    from reports.matrix import MatrixError, load_run
 
-    return load_run(Path(path))
+    try:
+        loaded = load_run(Path(path))
+    except MatrixError as exc:
+        if "(hint: " in str(exc) or "hint:" in str(exc):
+            raise
+        raise MatrixError(f"{exc} (hint: give a results.json or matrix.json that gpuconform wrote)") from None
+    label = _partial_label(path)
+    if label:
+        print(f"gpuconform: note: {label}", file=sys.stderr)
+    return loaded
+
+
+def _partial_label(path: str) -> str:
+    """One line saying that ``path`` holds a run cut short (fixtures/outdir.py), or ''."""
+    import json
+
+    from fixtures.outdir import partial_of
+
+    try:
+        partial, missing = partial_of(json.loads(Path(path).read_text()))
+    except (OSError, ValueError):
+        return ""
+    if not partial:
+        return ""
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return f"PARTIAL RUN: {path} was cut short; {len(missing)} selected cell(s) did not run: {shown or '?'}"
+
+
+def _refuse_partial(path: str) -> None:
+    """A gate judges a whole run: a partial one would pass by leaving out what failed."""
+    from fixtures.preflight import PreflightError
+
+    label = _partial_label(path)
+    if label:
+        raise PreflightError(f"gate: {label}", hint="gate a run that finished; rerun gpuconform run")
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -151,6 +257,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     matrix, records = _load(args.results)
     text = render(matrix, records, args.format, color=sys.stdout.isatty() and args.format == "terminal")
+    label = _partial_label(args.results)
+    if label and args.format in ("terminal", "md"):
+        text = f"{'**' + label + '**' if args.format == 'md' else label}\n\n{text}"
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")
@@ -197,6 +306,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     from reports.diff import diff, gate, load_waivers
 
+    _refuse_partial(args.current)
     waivers = load_waivers(Path(args.waivers)) if args.waivers else []
     baseline, current = _load(args.baseline)[0], _load(args.current)[0]
     compared = diff(baseline, current, drivers=_selected_drivers(args), hosts=_selected_hosts(args))

@@ -95,7 +95,7 @@ def _usage_error(pytester: pytest.Pytester, *args: str) -> str:
 
 def test_unknown_driver_is_a_one_line_usage_error(usage: pytest.Pytester) -> None:
     line = _usage_error(usage, "--drivers", "nosuch")
-    assert line == f"ERROR: unknown driver 'nosuch' (expected one of: {', '.join(known_drivers())})"
+    assert line == f"ERROR: unknown driver 'nosuch' (hint: expected one of: {', '.join(known_drivers())})"
     assert {"docker", "host", "kubernetes", "podman", "qemu"} <= set(known_drivers())
 
 
