@@ -11,9 +11,10 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from workloads.cdi_spec import CdiSpec, all_name, names_by_gpu, naming_strategies
+from workloads.cdi_spec import CdiSpec, all_name, load_specs, names_by_gpu, naming_strategies
 
 # Id schemes: which family of drivers an id form belongs to.
 SCHEME_CDI = "cdi"  # docker (CDI path), podman: "nvidia.com/gpu=0", "...=GPU-<uuid>"
@@ -234,3 +235,47 @@ def learn_cdi_ids(inventory: Inventory, specs: Iterable[CdiSpec]) -> Inventory:
         cdi_all_id=all_name(specs, inventory, inventory.cdi_kind),
         cdi_strategies=naming_strategies(specs, inventory, inventory.cdi_kind),
     )
+
+
+# Where CDI registries (Podman's, Docker's) read specs unless configured otherwise.
+DEFAULT_CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+
+
+def cdi_spec_dirs(options: Mapping[str, str]) -> list[Path]:
+    """The directories whose specs name this run's CDI devices.
+
+    ``cdi.dirs`` (comma separated, a --driver-opt) wins; on a simulated host, the directory its
+    spec was written to (``state.json`` in ``sim.root``); else the CDI defaults.
+    """
+    explicit = options.get("cdi.dirs", "").strip()
+    if explicit:
+        return [Path(d.strip()) for d in explicit.split(",") if d.strip()]
+    sim_root = options.get("sim.root")
+    if sim_root:
+        try:
+            state = json.loads((Path(sim_root) / "state.json").read_text())
+            return [Path(str(state["cdi_spec_path"])).parent]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return [Path(d) for d in DEFAULT_CDI_DIRS]
+
+
+def learnt_cdi_inventory(inventory: Inventory, options: Mapping[str, str]) -> tuple[Inventory, str]:
+    """``inventory`` with the CDI ids the specs on this machine give, and one line for evidence.
+
+    What Podman and Docker's CDI path select GPUs with: ``select_gpus(..., inventory=learnt,
+    all_id=learnt.cdi_all_id)`` and ``native_ids`` from ``learnt``.
+    """
+    dirs = cdi_spec_dirs(options)
+    specs = load_specs(dirs)
+    learnt = learn_cdi_ids(inventory, specs)
+    versions = sorted({s.version for s in specs if s.kind == learnt.cdi_kind})
+    named = sum(1 for g in learnt.gpus if g.ids(SCHEME_CDI))
+    summary = (
+        f"{learnt.cdi_kind} cdiVersion {','.join(versions) or '-'}; names "
+        f"{','.join(learnt.cdi_strategies) or 'none'}{'+all' if learnt.cdi_all_id else ''}; "
+        f"{named}/{len(learnt.gpus)} GPUs named; from {','.join(str(d) for d in dirs)}"
+    )
+    if specs.errors:
+        summary += f"; unreadable: {'; '.join(str(e) for e in specs.errors)[:300]}"
+    return learnt, summary

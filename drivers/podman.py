@@ -11,7 +11,6 @@ import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from drivers.base import (
     LABEL_PREFIX,
@@ -28,52 +27,13 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.inventory import SCHEME_CDI, GpuRecord, Inventory, learn_cdi_ids
+from drivers.inventory import SCHEME_CDI, GpuRecord, Inventory, learnt_cdi_inventory
 from drivers.request import GpuRequest
 from drivers.selection import Selection, select_gpus
 from drivers.subproc import run_command
-from workloads.cdi_spec import load_specs
 
 KEEPALIVE = ("sleep", "2147483647")
 REJECTION_MARKERS = ("unresolvable CDI devices", "failed to inject devices", "unknown CDI device")
-# Where Podman's CDI registry reads specs unless containers.conf says otherwise.
-DEFAULT_CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
-
-
-def cdi_spec_dirs(options: Mapping[str, str]) -> list[Path]:
-    """The directories whose specs name this run's CDI devices.
-
-    ``cdi.dirs`` (comma separated) wins; on a simulated host, the directory its spec was written
-    to (state.json beside its root); else Podman's defaults.
-    """
-    explicit = options.get("cdi.dirs", "").strip()
-    if explicit:
-        return [Path(d.strip()) for d in explicit.split(",") if d.strip()]
-    sim_root = options.get("sim.root")
-    if sim_root:
-        try:
-            state = json.loads((Path(sim_root) / "state.json").read_text())
-            return [Path(str(state["cdi_spec_path"])).parent]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    return [Path(d) for d in DEFAULT_CDI_DIRS]
-
-
-def learnt_inventory(ctx: AdapterContext) -> tuple[Inventory, str]:
-    """The inventory with CDI ids learnt from the specs on the machine, and a line for evidence."""
-    dirs = cdi_spec_dirs(ctx.options)
-    specs = load_specs(dirs)
-    learnt = learn_cdi_ids(ctx.inventory, specs)
-    versions = sorted({s.version for s in specs if s.kind == learnt.cdi_kind})
-    named = sum(1 for g in learnt.gpus if g.ids(SCHEME_CDI))
-    summary = (
-        f"{learnt.cdi_kind} cdiVersion {','.join(versions) or '-'}; names "
-        f"{','.join(learnt.cdi_strategies) or 'none'}{'+all' if learnt.cdi_all_id else ''}; "
-        f"{named}/{len(learnt.gpus)} GPUs named; from {','.join(str(d) for d in dirs)}"
-    )
-    if specs.errors:
-        summary += f"; unreadable: {'; '.join(str(e) for e in specs.errors)[:300]}"
-    return learnt, summary
 
 
 class PodmanSandbox(Sandbox):
@@ -131,7 +91,7 @@ class PodmanAdapter(Adapter):
     def cdi_inventory(self) -> Inventory:
         """The host's GPUs with the CDI names the specs give them (read once per adapter)."""
         if self._learnt is None:
-            self._learnt, self.versions["cdi"] = learnt_inventory(self.ctx)
+            self._learnt, self.versions["cdi"] = learnt_cdi_inventory(self.ctx.inventory, self.ctx.options)
         return self._learnt
 
     @property

@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 from drivers.base import AdapterContext, Deadline
-from drivers.inventory import GpuRecord, Inventory
+from drivers.inventory import GpuRecord, Inventory, cdi_spec_dirs
 from drivers.leases import GpuLeases
-from drivers.podman import PodmanAdapter, cdi_spec_dirs
+from drivers.podman import PodmanAdapter
 from drivers.request import GpuRequest
 from drivers.selection import select_gpus
 
