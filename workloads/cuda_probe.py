@@ -9,9 +9,14 @@ repository and imports cupy only when it runs, never at import time.
 It prints exactly one JSON document (``probe_version`` 1) and exits 0 even when a check fails,
 because the document says what failed; a non-zero exit means the probe itself broke.
 
-Modes: ``cupy`` (a real CUDA device through cupy), ``simulated`` (the simulated GPU host's
-nodes and descriptors, see fixtures/simgpu/layout.py; checks run on numpy and every result is
-marked simulated, timings are reported with ``judged: false``), ``none`` (neither).
+Modes: ``cupy`` (a real CUDA device through cupy), ``driver`` (no cupy, but libcuda: CUDA's
+initialisation and the devices' identities through the driver API, no checks), ``simulated`` (the
+simulated GPU host's nodes and descriptors, see fixtures/simgpu/layout.py; checks run on numpy
+and every result is marked simulated, timings are reported with ``judged: false``), ``none``
+(neither). Identity always comes from the driver API where libcuda loads (``cuDeviceGetUuid_v2``
+into 16 bytes; cupy's properties UUID loses everything after a zero byte). Every document says
+what the interpreter has (``stack``) and what libcuda answered (``driver_api``), so the harness
+can tell a probe environment without a CUDA stack from a sandbox whose CUDA is broken.
 
 Both real and simulated checks go through one :class:`Backend` (an array module plus copy and
 kernel hooks and a :class:`Timer`), so the cupy path's logic runs in CI on a numpy twin.
