@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any, NoReturn, cast
 
 import pytest
@@ -81,3 +82,27 @@ def test_no_python3_in_the_sandbox_is_a_skip_naming_the_probe_image(exit_code: i
         outcome(ExecResult(("python3",), exit_code, "", stderr, 0.1))
     assert caught.value.verdict is Verdict.SKIP
     assert "--probe-image" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("driver", "remedy"),
+    [("host", "--driver-opt host.python=PATH"), ("podman", "pass --probe-image IMAGE")],
+)
+def test_gap_names_the_remedy_of_the_sandboxs_driver(driver: str, remedy: str) -> None:
+    doc = {
+        "mode": "driver",
+        "simulated": False,
+        "cuda": {"ok": True, "device_count": 1},
+        "devices": [],
+        "stack": {"python": "/usr/bin/python3", "cupy": {"present": False}, "libcuda": {"loaded": True}},
+        "driver_api": {"ok": True},
+    }
+    sandbox = FakeSandbox(ExecResult(("python3",), 0, "", "", 0.0))
+    sandbox.driver = driver
+    real = cast(Any, SimpleNamespace(inventory=SimpleNamespace(simulated=False)))
+    gap = compute.gap(real, cast(Any, sandbox), doc, needs_cupy=True)
+    assert gap is not None
+    assert (gap.verdict, remedy in gap.reason) == ("skip", True)
+    assert compute.gap(real, cast(Any, sandbox), doc, needs_cupy=False) is None
+    simulated = cast(Any, SimpleNamespace(inventory=SimpleNamespace(simulated=True)))
+    assert compute.gap(simulated, cast(Any, sandbox), doc, needs_cupy=True) is None
