@@ -45,7 +45,7 @@ from drivers.base import (
     Sandbox,
 )
 from drivers.docker_payload import one_line
-from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, GpuRecord, Inventory, learnt_cdi_inventory
+from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY
 from drivers.request import GpuRequest
 from drivers.selection import Selection, select_gpus
 
@@ -148,7 +148,6 @@ class DockerAdapter(Adapter):
     def __init__(self, ctx: AdapterContext) -> None:
         super().__init__(ctx)
         self._client: docker.DockerClient | None = None
-        self._cdi_learnt: Inventory | None = None
         self._ready: Availability | None = None
         self.versions: dict[str, str] = {}
 
@@ -231,27 +230,8 @@ class DockerAdapter(Adapter):
         if not ready.ok:
             raise DriverUnavailable(ready.reason, hint=UNREACHABLE_HINT)
 
-    # CDI ids (helper D): on the CDI path the names come from the specs on the machine, never an
-    # assumed kind=<index>; the legacy path keeps the inventory's ids (wire.legacy_ids maps them).
-    @property
-    def cdi_inventory(self) -> Inventory:
-        if self._cdi_learnt is None:
-            self._cdi_learnt, self.versions["cdi"] = learnt_cdi_inventory(
-                self.ctx.inventory, self.ctx.options
-            )
-        return self._cdi_learnt
-
-    def native_ids(self, gpu: GpuRecord) -> list[str]:
-        if self.gpu_path != wire.GPU_PATH_CDI:
-            return super().native_ids(gpu)
-        learnt = self.cdi_inventory.by_uuid(gpu.uuid)
-        return list(learnt.ids(SCHEME_CDI)) if learnt is not None else []
-
     def all_ids(self) -> list[str] | None:
-        if self.gpu_path != wire.GPU_PATH_CDI:
-            return [self.ctx.inventory.cdi_all]
-        all_id = self.cdi_inventory.cdi_all_id
-        return [all_id] if all_id else None
+        return [self.ctx.inventory.cdi_all]
 
     def image_for(self, kind: str) -> str:
         """The image of ``kind``: an ``image.<kind>`` option, else the locally built one."""
@@ -266,10 +246,7 @@ class DockerAdapter(Adapter):
     def _select(self, req: GpuRequest, deadline: Deadline) -> Selection:
         inventory = self.ctx.inventory
         if self.gpu_path == wire.GPU_PATH_CDI:
-            learnt = self.cdi_inventory
-            return select_gpus(
-                self.ctx, req, SCHEME_CDI, deadline, all_id=learnt.cdi_all_id, inventory=learnt
-            )
+            return select_gpus(self.ctx, req, SCHEME_CDI, deadline, all_id=inventory.cdi_all)
         legacy = wire.legacy_ids(req, inventory)  # unknown ids are refused here, named
         return select_gpus(self.ctx, legacy, SCHEME_LEGACY, deadline, all_id=wire.LEGACY_ALL)
 
