@@ -28,6 +28,7 @@ from drivers import pci_bars, vfio
 from drivers import qemu_guest as guest
 from drivers import qemu_vm as vm
 from drivers.base import (
+    LABEL_RUN,
     Adapter,
     AdapterContext,
     Availability,
@@ -77,6 +78,7 @@ class QemuSandbox(Sandbox):
         self._ssh: SshSession | None = None
         self._console = ""
         self._closed = False
+        self.labels: dict[str, str] = {}
 
     @property
     def console_log(self) -> str:
@@ -86,7 +88,14 @@ class QemuSandbox(Sandbox):
     def start(self, deadline: Deadline) -> None:
         """Bind, boot, connect; the caller closes the sandbox when this raises."""
         self.dir.mkdir(parents=True)
-        (self.dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "name": self.id}))
+        # Labels and GPUs on disk first: leftovers() finds what a failed start left by them.
+        owner = {
+            "pid": os.getpid(),
+            "name": self.id,
+            "labels": self.labels,
+            "gpus": [g.pci_bus_id for g in self.gpus],
+        }
+        (self.dir / "owner.json").write_text(json.dumps(owner))
         keys = generate_keys()
         fw_cfg = guest.write_keys(self.dir, keys)
         self._site = self.adapter.vfio_site()
@@ -371,6 +380,7 @@ class QemuAdapter(Adapter):
         else:
             lease = Lease(())
         sandbox = QemuSandbox(self, req, lease, image, env or {})
+        sandbox.labels = dict(labels)
         try:
             sandbox.start(deadline)
         except BaseException:
@@ -390,6 +400,35 @@ class QemuAdapter(Adapter):
         name, bindings, site = self._closed[-1]
         problems = [f"QEMU {n} (pid {p}) still runs" for p, n in vm.vm_processes(name).items()]
         return problems + (site.leftovers(bindings) if site is not None else [])
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        """What VMs started with all of ``labels`` left: QEMU processes, VM directories, VFIO
+        bindings and devices not back on their driver. A QEMU process or a binding of this run
+        that no VM directory accounts for (its start failed before or after) counts too."""
+        run_id = labels.get(LABEL_RUN, self.ctx.run_id)
+        base = self.vm_base(run_id)
+        found: list[str] = []
+        others: dict[str, list[str]] = {}  # VMs of this run with other labels -> their GPUs
+        for vm_dir in sorted(base.iterdir()) if base.is_dir() else ():
+            try:
+                owner = json.loads((vm_dir / "owner.json").read_text())
+            except (OSError, ValueError):
+                owner = {}
+            vm_labels = owner.get("labels") or {}
+            if all(vm_labels.get(k) == v for k, v in labels.items()):
+                found.append(f"VM directory {vm_dir}")
+            else:
+                others[vm_dir.name] = [str(g) for g in owner.get("gpus") or []]
+        for pid, name in sorted(vm.vm_processes(f"{vm.NAME_PREFIX}{run_id}-").items()):
+            if name not in others:
+                found.append(f"QEMU {name} (pid {pid}) still runs")
+        held_by_others = {g for gpus in others.values() for g in gpus}
+        for site in vfio_sites(self.ctx, create=False):
+            stale = [
+                b for b in site.state.entries() if b.run_id == run_id and b.gpu_bdf not in held_by_others
+            ]
+            found += site.leftovers(stale)
+        return found
 
     def reconcile(self) -> list[str]:
         """Give back the GPUs of bindings whose process died (a SIGKILLed run)."""
