@@ -55,8 +55,8 @@ def run_probe(lib: Path, tmp_path: Path, *uuids: str, **extra: str) -> dict[str,
         LD_LIBRARY_PATH=str(lib.parent),
         FAKE_CUDA_UUIDS=",".join(libcuda.hex_uuid(u) for u in uuids),
         SIMGPU_DESC_DIR=str(tmp_path / "no-simulated-host"),
-        **extra,
     )
+    env.update(extra)
     argv = [sys.executable, str(PROBE), *SMALL, "--no-cupy"]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -173,3 +173,19 @@ def test_fallback_error_names_match_cuda_h() -> None:
     pairs = re.findall(r"^\s*(CUDA_ERROR_\w+)\s*=\s*(\d+)", CUDA_H.read_text(), re.M)
     declared = {int(v): k for k, v in pairs}
     assert {code: declared.get(code) for code in cuda_probe.CU_ERROR_NAMES} == cuda_probe.CU_ERROR_NAMES
+
+
+def test_a_working_libcuda_wins_over_a_simulated_host_and_a_failing_one_yields(
+    fake_lib: Path, tmp_path: Path
+) -> None:
+    desc, dev = tmp_path / "gpus", tmp_path / "dev"
+    desc.mkdir()
+    dev.mkdir()
+    (dev / "nvidia0").write_text("")
+    (desc / "0").write_text("UUID=GPU-51111111-2222-3333-4444-555555555555\nPCI=00000000:18:00.0\n")
+    where = {"SIMGPU_DESC_DIR": str(desc), "SIMGPU_DEV_DIR": str(dev)}
+    real = run_probe(fake_lib, tmp_path, PLAIN, **where)
+    assert (real["mode"], [d["uuid"] for d in real["devices"]]) == ("driver", [PLAIN])
+    failing = run_probe(fake_lib, tmp_path, PLAIN, FAKE_CUDA_INIT_ERROR="100", **where)
+    assert failing["mode"] == "simulated"
+    assert any(e.startswith("driver: CUDA_ERROR_NO_DEVICE (100) from cuInit") for e in failing["errors"])
