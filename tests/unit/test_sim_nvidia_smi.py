@@ -271,3 +271,13 @@ def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
     assert smi.parse_list(empty.run("-L").out) == ()
     assert smi.parse_query(empty.run("--query-gpu=uuid", "--format=csv").out) == []
     assert smi.nvml_error_name(box.run("--bogus").rc) == "INVALID_ARGUMENT"
+
+
+def test_an_unusable_cache_is_a_one_line_error(tmp_path: Path) -> None:
+    from fixtures.simgpu.smi_build import SmiBuildError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SmiBuildError, match="GPUCONFORM_CACHE") as caught:
+        ensure_built(blocker / "cache")
+    assert "\n" not in str(caught.value)
