@@ -108,7 +108,7 @@ def test_driver_opt_without_a_value_is_a_one_line_usage_error(usage: pytest.Pyte
 
 def test_bandwidth_threshold_not_a_number_is_a_one_line_usage_error(usage: pytest.Pytester) -> None:
     line = _usage_error(usage, "--bandwidth-threshold", "h2d_gbps=abc")
-    assert line == "ERROR: --bandwidth-threshold h2d_gbps: 'abc' is not a number"
+    assert line == "ERROR: --bandwidth-threshold h2d_gbps: 'abc' is not a number (hint: e.g. h2d_gbps=0.9)"
 
 
 def test_bandwidth_threshold_unknown_metric_is_a_one_line_usage_error(usage: pytest.Pytester) -> None:
@@ -122,7 +122,7 @@ def test_bandwidth_threshold_unknown_metric_is_a_one_line_usage_error(usage: pyt
     ("value", "message"),
     [
         ("abc", "--provision-timeout takes seconds, got 'abc' (hint: e.g. --provision-timeout 300)"),
-        ("0", "--provision-timeout must be greater than 0, got '0'"),
+        ("0", "--provision-timeout must be greater than 0, got '0' (hint: e.g. --provision-timeout 300)"),
     ],
     ids=["text", "zero"],
 )
