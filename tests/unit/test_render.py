@@ -16,6 +16,13 @@ from reports.render_html import render_html
 from reports.render_md import render_markdown
 from reports.render_terminal import render_terminal
 
+
+def expanded(page: str) -> str:
+    """The page as a browser without JS shows it: each host's evidence list is in a <noscript>."""
+    assert page.count("<noscript class=evs") == page.count("</noscript>") >= 1
+    return page
+
+
 UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
 UUID_B = "GPU-66666666-7777-8888-9999-000000000000"
 
@@ -116,7 +123,9 @@ def test_markdown_of_simulated_run_carries_a_banner() -> None:
 
 
 def test_html_is_self_contained_and_escapes_sandbox_output() -> None:
-    page = render_html(known_matrix(simulated=True), make_records(simulated=True))
+    raw = render_html(known_matrix(simulated=True), make_records(simulated=True))
+    assert raw.count("</script>") == 1 and raw.count("</noscript>") == 1  # no record ends them
+    page = expanded(raw)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
     assert "<link" not in page
     assert "@import" not in page
@@ -129,14 +138,14 @@ def test_html_is_self_contained_and_escapes_sandbox_output() -> None:
 
 def test_html_cells_are_colour_coded_with_reason_tooltip_and_linked_evidence() -> None:
     m = known_matrix()
-    page = render_html(m, make_records())
+    page = expanded(render_html(m, make_records()))
     tooltip = "title='nvidia-smi works but CUDA fails | cuInit=100'"
-    assert f"<td class='v fail bad' {tooltip} data-cell='docker-cuda.init'>" in page
+    assert f"<td class='v fail failing' {tooltip} data-cell='docker-cuda.init'>" in page
     assert "<td class='v pass' title='one GPU, matches host' data-cell='docker-smi.default'>" in page
     anchors = re.findall(r"data-ev='(ev-[0-9-]+)'", page)
     assert len(anchors) == len(m.cells) == 16
     for anchor in anchors:
-        assert re.search(f"<details class='ev( bad)?' id={anchor} data-verdict=", page)
+        assert re.search(f"<details class='ev( failing)?' id={anchor} data-verdict=", page)
     # marks are CSS shapes: no emoji a stock headless Chromium would draw as empty boxes
     assert not re.search("[\U0001f300-\U0001faff\u2600-\u27bf\u23e9-\u23fa\u2753\ufe0f]", page)
     assert page.count("<i class='mk mk-inconclusive'") == 3  # the legend, the cell, its evidence
@@ -148,7 +157,7 @@ def test_html_cells_are_colour_coded_with_reason_tooltip_and_linked_evidence() -
 
 
 def test_html_without_records_still_renders_every_cell() -> None:
-    page = render_html(known_matrix(), [])
+    page = expanded(render_html(known_matrix(), []))
     assert page.count("no evidence record") == 16
 
 
@@ -160,7 +169,7 @@ def test_html_finds_records_of_a_merged_fleet_matrix_by_host() -> None:
         for r in make_records()
     ]  # fmt: skip
     fleet = merge([a, build_matrix(make_meta("gpu-b"), b_records)])
-    page = render_html(fleet, [*b_records])
+    page = expanded(render_html(fleet, [*b_records]))
     assert page.count("<code>$ probe ") == 16
     assert page.count("no evidence record") == 16  # gpu-a's records were not passed in
 
@@ -204,5 +213,5 @@ def test_write_all_writes_json_markdown_and_html_next_to_results(tmp_path: Path)
                                                      "html": "matrix.html"}  # fmt: skip
     assert load_matrix(paths["json"]) == known_matrix()
     assert paths["md"].read_text(encoding="utf-8") == render_markdown(known_matrix())
-    assert "&lt;script&gt;" in paths["html"].read_text(encoding="utf-8")
+    assert "&lt;script&gt;" in expanded(paths["html"].read_text(encoding="utf-8"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["matrix.html", "matrix.json", "matrix.md"]
