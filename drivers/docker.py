@@ -45,7 +45,7 @@ from drivers.base import (
     Sandbox,
 )
 from drivers.docker_payload import one_line
-from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY
+from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, GpuRecord, Inventory, learnt_cdi_inventory
 from drivers.request import GpuRequest
 from drivers.selection import Selection, select_gpus
 
@@ -149,6 +149,7 @@ class DockerAdapter(Adapter):
         super().__init__(ctx)
         self._client: docker.DockerClient | None = None
         self._ready: Availability | None = None
+        self._cdi_learnt: Inventory | None = None
         self.versions: dict[str, str] = {}
 
     # Engine ---------------------------------------------------------------------------------
@@ -194,19 +195,50 @@ class DockerAdapter(Adapter):
         if not ok:
             return Availability(False, f"{self.name}: {why}", versions=versions)
         if self.gpu_path == wire.GPU_PATH_CDI:
-            kind = self.ctx.inventory.cdi_kind
-            dirs = wire.cdi_spec_dirs(info)
-            if self.base_url.startswith("unix://") or wire.discovered_cdi_devices(info):
-                spec = wire.cdi_spec_for_kind(dirs, kind, info)
-                if spec is None:
-                    why = (
-                        f"{self.name}: no CDI spec of kind {kind} in the engine's spec dirs {', '.join(dirs)}"
-                    )
-                    return Availability(False, why, versions=versions)
-                versions["cdi_spec_file"], versions["cdi_spec_version"] = spec
-            else:
-                versions["cdi_spec_file"] = f"not checked: the spec dirs of {self.base_url} are not local"
+            refusal = self._judge_cdi_specs(info, versions)
+            if refusal:
+                return Availability(False, refusal, versions=versions)
         return Availability(True, versions=versions)
+
+    def _judge_cdi_specs(self, info: Mapping[str, Any], versions: dict[str, str]) -> str:
+        """Whether the engine's spec dirs name this host's GPUs (a reason if not), and which
+        names: on a local engine they are learnt from its spec dirs (drivers.inventory), as
+        Podman's are, so a spec that names GPUs otherwise than ``kind=<index>`` still works."""
+        kind, dirs = self.ctx.inventory.cdi_kind, wire.cdi_spec_dirs(info)
+        if self.base_url.startswith("unix://"):
+            options = {**self.ctx.options, "cdi.dirs": ",".join(dirs)}
+            self._cdi_learnt, versions["cdi"] = learnt_cdi_inventory(self.ctx.inventory, options)
+            if not any(g.ids(SCHEME_CDI) for g in self._cdi_learnt.gpus):
+                return (
+                    f"{self.name}: no CDI spec of kind {kind} in the engine's spec dirs "
+                    f"{', '.join(dirs)} names a GPU of this host ({versions['cdi']})"
+                )
+            spec = wire.cdi_spec_for_kind(dirs, kind, info)
+            versions["cdi_spec_file"], versions["cdi_spec_version"] = spec or ("?", "?")
+        elif wire.discovered_cdi_devices(info):  # a remote engine that lists its devices
+            listed = wire.cdi_spec_for_kind([], kind, info)
+            if listed is None:
+                return f"{self.name}: no CDI spec of kind {kind} among the engine's devices"
+            versions["cdi_spec_file"], versions["cdi_spec_version"] = listed
+        else:
+            versions["cdi_spec_file"] = f"not checked: the spec dirs of {self.base_url} are not local"
+        return ""
+
+    def _cdi_names(self) -> Inventory | None:
+        """The inventory with learnt CDI names (CDI column, local engine); None where the
+        inventory's own names are used (the legacy column, a remote engine)."""
+        if self.gpu_path != wire.GPU_PATH_CDI:
+            return None
+        if self._ready is None:
+            self.available()
+        return self._cdi_learnt
+
+    def native_ids(self, gpu: GpuRecord) -> list[str]:
+        learnt = self._cdi_names()
+        if learnt is None:
+            return super().native_ids(gpu)
+        named = learnt.by_uuid(gpu.uuid)
+        return list(named.ids(SCHEME_CDI)) if named is not None else []
 
     def available(self) -> Availability:
         try:
@@ -231,7 +263,10 @@ class DockerAdapter(Adapter):
             raise DriverUnavailable(ready.reason, hint=UNREACHABLE_HINT)
 
     def all_ids(self) -> list[str] | None:
-        return [self.ctx.inventory.cdi_all]
+        learnt = self._cdi_names()
+        if learnt is None:
+            return [self.ctx.inventory.cdi_all]  # the legacy column maps it to --gpus all
+        return [learnt.cdi_all_id] if learnt.cdi_all_id else None  # the spec's, when it has one
 
     def image_for(self, kind: str) -> str:
         """The image of ``kind``: an ``image.<kind>`` option, else the locally built one."""
@@ -246,7 +281,12 @@ class DockerAdapter(Adapter):
     def _select(self, req: GpuRequest, deadline: Deadline) -> Selection:
         inventory = self.ctx.inventory
         if self.gpu_path == wire.GPU_PATH_CDI:
-            return select_gpus(self.ctx, req, SCHEME_CDI, deadline, all_id=inventory.cdi_all)
+            learnt = self._cdi_names()
+            if learnt is None:
+                return select_gpus(self.ctx, req, SCHEME_CDI, deadline, all_id=inventory.cdi_all)
+            return select_gpus(
+                self.ctx, req, SCHEME_CDI, deadline, all_id=learnt.cdi_all_id, inventory=learnt
+            )
         legacy = wire.legacy_ids(req, inventory)  # unknown ids are refused here, named
         return select_gpus(self.ctx, legacy, SCHEME_LEGACY, deadline, all_id=wire.LEGACY_ALL)
 
