@@ -296,6 +296,11 @@ class Adapter(abc.ABC):
             return "0000:ff:1f.7"
         return str(beyond)
 
+    def ground_truth(self, *, image: str = "", deadline: Deadline | None = None) -> Inventory | None:
+        """The inventory this column is judged against when it is not the run's own (a cluster's
+        GPU nodes are not the runner's GPUs); None, the default, means the run's inventory."""
+        return None
+
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         """Resources carrying all of ``labels`` that still exist (``count.over`` checks none are).
 

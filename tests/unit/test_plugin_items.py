@@ -175,15 +175,16 @@ def test_two_items_claiming_one_cell_fail_the_run_naming_it(run: Run) -> None:
 
 
 def test_default_columns_leave_vm_passthrough_out_on_a_real_gpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fixtures import plugin
+    from fixtures import environment, plugin
     from fixtures.hostgpus import NvidiaPresence, PciNvidia
     from fixtures.settings import Settings
 
     gpu = NvidiaPresence(functions=(PciNvidia("0000:18:00.0", 0x030200, "nvidia"),), control_node=True)
-    monkeypatch.setattr(plugin, "detect_nvidia", lambda: gpu)
+    monkeypatch.setattr(environment, "detect_nvidia", lambda *roots: gpu)
     real = plugin._drivers(Settings())
     assert "qemu" not in real and "qemu-single" not in real and "podman" in real
     assert "qemu" in plugin._drivers(Settings(drivers=("qemu",)))  # asked for by name: it runs
     assert "qemu" in plugin._drivers(Settings(sim="h100x4"))  # an explicit simulated host keeps it
-    monkeypatch.setattr(plugin, "detect_nvidia", lambda: NvidiaPresence(functions=(), control_node=False))
+    nothing = NvidiaPresence(functions=(), control_node=False)
+    monkeypatch.setattr(environment, "detect_nvidia", lambda *roots: nothing)
     assert "qemu" in plugin._drivers(Settings())
