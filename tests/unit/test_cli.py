@@ -48,7 +48,10 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_matrix_of_a_missing_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["matrix", "/nonexistent.json"]) == 2
-    assert _one_line_error(capsys) == "gpuconform: error: no such file: /nonexistent.json"
+    assert _one_line_error(capsys) == (
+        "gpuconform: error: no such file: /nonexistent.json "
+        "(hint: give a results.json or matrix.json that gpuconform wrote)"
+    )
 
 
 def test_matrix_of_a_non_json_file_is_a_one_line_error(
