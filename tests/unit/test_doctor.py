@@ -216,3 +216,28 @@ def test_docker_column_needs_its_own_gpu_path(
     )
     assert [c.what for c in checks if c.status.blocking] == blocking
     assert engine.cdi_max == ("0.6.0" if info.get("CDISpecDirs") else None)
+
+
+def test_after_a_run_an_unavailable_driver_gets_doctors_missing_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conformance.doctor.hints import unavailable_hints
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"drivers": {"podman": {"available": False, "reason": "podman not on PATH"},
+                                               "host": {"available": True}}}))  # fmt: skip
+    (tmp_path / "cdi").mkdir()
+    host = SimHost.up(
+        "h100x4", instance=f"hint{os.getpid()}", cdi_dir=tmp_path / "cdi", owner_pid=os.getpid()
+    )
+    try:
+        monkeypatch.setenv("PATH", str(tmp_path))  # no podman here
+        lines = unavailable_hints(results, sim_instance=host.instance)
+    finally:
+        host.down()
+    assert lines == [
+        "gpuconform doctor on the unavailable driver(s) podman:",
+        "  podman: missing podman: podman is not on PATH (hint: apt-get install podman)",
+    ]
+    results.write_text(json.dumps({"drivers": {"podman": {"available": True}}}))
+    assert unavailable_hints(results) == []

@@ -1,0 +1,40 @@
+"""After a run: doctor's missing and wrong lines for each driver the run found unavailable.
+
+A skipped column says only "not available: <reason>"; what to install or fix is doctor's job, so
+``gpuconform run`` prints these lines under its matrix instead of leaving the operator to guess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conformance.doctor.runner import DoctorOptions, run_doctor
+
+
+def unavailable_drivers(results: Path) -> list[str]:
+    """The drivers a run's results.json records as not available (empty when unreadable)."""
+    try:
+        doc = json.loads(Path(results).read_text())
+    except (OSError, ValueError):
+        return []
+    drivers = doc.get("drivers") if isinstance(doc, dict) else None
+    if not isinstance(drivers, dict):
+        return []
+    return sorted(
+        n for n, info in drivers.items() if isinstance(info, dict) and info.get("available") is False
+    )
+
+
+def unavailable_hints(results: Path, *, sim: str = "auto", sim_instance: str | None = None) -> list[str]:
+    """One line per missing or wrong prerequisite of each unavailable driver, ``driver: line``."""
+    down = unavailable_drivers(results)
+    if not down:
+        return []
+    report = run_doctor(DoctorOptions(drivers=tuple(down), sim=sim, sim_instance=sim_instance))
+    lines = [f"  {c.line()}" for c in report.host if c.status.blocking]
+    for driver in report.drivers:
+        lines += [f"  {driver.driver}: {c.line()}" for c in driver.problems if c.what != "host"]
+    if lines:
+        lines.insert(0, f"gpuconform doctor on the unavailable driver(s) {', '.join(down)}:")
+    return lines
