@@ -26,9 +26,10 @@ from workloads.cdi_spec import (
     naming_strategies,
 )
 
-#: ``libcuda.so.580.105.08``, ``libnvidia-ml.so.580.105.08``: a driver library and its version.
+#: A driver library and the driver version in its name (``libcuda.so.580.105.08``,
+#: ``libGLX_nvidia.so.535.54.03``); ``libnvidia-egl-gbm.so.1.1.2`` is versioned on its own.
 DRIVER_LIB_RE = re.compile(
-    r"^lib(?:cuda|nvidia-[\w-]+|nvcuvid|nvoptix)\.so\.(?P<version>\d+\.\d+(?:\.\d+)?)$"
+    r"^lib[\w+-]*?(?:cuda|nvidia|nvcuvid|nvoptix)[\w+-]*\.so\.(?P<version>\d{3}\.\d{2,3}(?:\.\d{2,3})?)$"
 )
 HOOK_HINT = "regenerate the spec: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
 

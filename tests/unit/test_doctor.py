@@ -241,3 +241,30 @@ def test_after_a_run_an_unavailable_driver_gets_doctors_missing_lines(
     ]
     results.write_text(json.dumps({"drivers": {"podman": {"available": True}}}))
     assert unavailable_hints(results) == []
+
+
+CORPUS_SPEC = Path(__file__).resolve().parents[1] / "corpus" / "cdi" / "nvidia-ctk-generate-index.yaml"
+
+
+@pytest.mark.parametrize(("host_driver", "status"), [("999.88.77", Status.OK), ("580.105.08", Status.WRONG)])
+def test_driver_libraries_of_a_generated_spec_against_the_host_driver(
+    tmp_path: Path, host_driver: str, status: Status
+) -> None:
+    """nvidia-ctk's own output (tests/corpus, with its source) mounts libcuda.so.999.88.77."""
+    from conformance.doctor.cdi_lint import lint_specs
+    from drivers.inventory import Inventory, records_from_query
+
+    (tmp_path / "nvidia.yaml").write_text(CORPUS_SPEC.read_text())
+    row = {"index": 0, "uuid": "GPU-00000000-0000-4000-8000-000000000000", "name": "NVIDIA H100",
+           "pci.bus_id": "00000000:18:00.0", "memory.total": 81559, "driver_version": host_driver,
+           "minor_number": 0}  # fmt: skip
+    inventory = Inventory(
+        "gpu-a", records_from_query([row], "example.com/device"), False, "test", "example.com/device"
+    )
+    libs = [c for c in lint_specs([tmp_path], inventory, None) if c.what == "driver libraries nvidia.yaml"]
+    assert [c.status for c in libs] == [status]
+    if status == Status.WRONG:
+        assert (
+            "mounts driver 999.88.77 (libcuda.so.999.88.77) but the host driver is 580.105.08"
+            in libs[0].detail
+        )
