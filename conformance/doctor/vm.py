@@ -29,6 +29,7 @@ def qemu_checks(facts: HostFacts, binary: str = "qemu-system-x86_64") -> list[Ch
         version = run_command([found, "--version"], timeout=TIMEOUT_S)
         first = version.stdout.splitlines()[0] if version.ok and version.stdout else "version unknown"
         out.append(ok("qemu", f"{found}: {first}"))
+    out += _guest()
     out.append(_kvm(facts))
     if facts.simulated:
         out.append(note("IOMMU", "simulated host: VFIO runs against a fake sysfs tree in each run"))
@@ -36,6 +37,30 @@ def qemu_checks(facts: HostFacts, binary: str = "qemu-system-x86_64") -> list[Ch
     out.append(_iommu(facts.sysfs))
     out += _groups(facts)
     out.append(_vfio_pci(facts.sysfs))
+    return out
+
+
+def _guest() -> list[Check]:
+    """What the guest image is built from (fixtures/guestimage.py), and whether one is cached."""
+    from fixtures.guestimage import BUSYBOX, DEFAULT_CACHE_DIR, DROPBEAR
+
+    out = []
+    for path, package in ((BUSYBOX, "busybox-static"), (DROPBEAR, "dropbear-bin")):
+        if path.is_file():
+            out.append(ok(f"guest {path.name}", str(path)))
+        else:
+            out.append(missing(f"guest {path.name}", f"{path} is missing", f"apt-get install {package}"))
+    cached = sorted(p.name for p in DEFAULT_CACHE_DIR.glob("*") if p.is_dir() and p.name != "debs")
+    if cached:
+        out.append(ok("guest image", f"{len(cached)} cached build(s) in {DEFAULT_CACHE_DIR}"))
+    else:
+        out.append(
+            note(
+                "guest image",
+                f"none cached in {DEFAULT_CACHE_DIR}: the first qemu run builds one (apt access, minutes)",
+                "gpuconform images build --guest builds it ahead",
+            )
+        )
     return out
 
 

@@ -268,3 +268,15 @@ def test_driver_libraries_of_a_generated_spec_against_the_host_driver(
             "mounts driver 999.88.77 (libcuda.so.999.88.77) but the host driver is 580.105.08"
             in libs[0].detail
         )
+
+
+def test_a_spec_the_reader_cannot_read_is_named_with_the_readers_reason(sim: SimHost) -> None:
+    tamper(sim, lambda s: s.update(cdiVersion="0.9.0"))  # no CDI library reads it
+    report = doctor(sim)
+    assert report.exit_code == 1
+    name, folder = sim.cdi_spec_path.name, sim.cdi_spec_path.parent
+    lines = problems(report)
+    assert lines[0].startswith(f"missing CDI spec: no readable spec in {folder} declares kind")
+    unreadable = f"wrong CDI spec {name}: unreadable: cdiVersion '0.9.0' is not one gpuconform reads"
+    assert lines[1].startswith(unreadable)
+    assert len(lines) == 2
