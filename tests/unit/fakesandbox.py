@@ -1,0 +1,489 @@
+"""A fake GPU stack for the judges' unit tests: sandboxes that answer from a table, no engine.
+
+The judges (conformance/observe.py, conformance/compute.py, fixtures/cell.py's rejection logic,
+fixtures/outcomes.py) only ever see a sandbox through ``exec``: nvidia-smi's output and exit
+code, the ``/dev`` listing, the probe's JSON document, or an engine's refusal. ``FakeAdapter``
+provisions ``FakeSandbox``es whose answers are built the way the simulated host builds them
+(fixtures/simgpu/faults.py: the faults act on which GPUs a request's entries inject), and a
+``Shape`` can replace any answer with a field shape from the failure-class survey
+(../shared/research/failure-classes.md): NVML errors, a binary that cannot execute, a node leak.
+
+``run_case`` runs the real suite function of a catalogue case on a real ``Cell`` and returns the
+verdict and reason exactly as the plugin would record them (CaseOutcome, else exception_verdict).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from conformance import test_compute, test_counts, test_device_ids, test_isolation, test_visibility
+from conformance.catalogue import BY_ID
+from drivers.base import (
+    Adapter,
+    AdapterContext,
+    Availability,
+    Deadline,
+    ExecResult,
+    InfrastructureError,
+    Profile,
+    RequestRejected,
+    Sandbox,
+)
+from drivers.inventory import SCHEME_LEGACY, GpuRecord, Inventory
+from drivers.leases import GpuLeases
+from drivers.request import GpuRequest
+from fixtures.cell import CaseOutcome, Cell
+from fixtures.outcomes import exception_verdict
+from fixtures.runtime import SandboxCache
+from fixtures.simgpu.profiles import foreign_uuid, get_profile
+from reports.evidence import Verdict
+from workloads.compute_judge import DEFAULT_THRESHOLDS
+
+SUITES = (test_visibility, test_counts, test_device_ids, test_isolation, test_compute)
+CASES: dict[str, Callable[[Cell], None]] = {
+    fn._gpuconform_case.id: fn  # type: ignore[attr-defined]
+    for suite in SUITES
+    for fn in vars(suite).values()
+    if callable(fn) and hasattr(fn, "_gpuconform_case")
+}
+_IDS = itertools.count(1)
+
+# Texts verbatim from the failure-class survey (section E) and nvidia-smi.
+NVML_UNKNOWN = "Failed to initialize NVML: Unknown Error"
+NVML_MISMATCH = "Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 580.95"
+NVML_NO_PERMISSION = "Failed to initialize NVML: Insufficient Permissions"
+NOT_FOUND_IN_PATH = (
+    'exec: "nvidia-smi": executable file not found in $PATH: unknown'  # runc via podman/docker
+)
+PERMISSION_DENIED = "exec /usr/bin/nvidia-smi: permission denied"  # present, mode 0644
+
+
+def inventory(profile: str = "h100x4", *, simulated: bool = True) -> Inventory:
+    """The simulated host's own inventory records (same names, UUIDs, minors and ids)."""
+    return Inventory(
+        host="fakehost",
+        gpus=get_profile(profile).records("sim.gpuconform.dev/fake"),
+        simulated=simulated,
+        source=f"sim:{profile}",
+        cdi_kind="sim.gpuconform.dev/fake",
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One command's result: what ``exec`` returns for an argv the table matches."""
+
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+
+    def result(self, argv: Sequence[str]) -> ExecResult:
+        return ExecResult(tuple(argv), self.exit_code, self.stdout, self.stderr, 0.01, self.exit_code is None)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What one sandbox shows, before it is turned into answers.
+
+    ``listed`` are (name, uuid) pairs nvidia-smi lists; ``lost`` is set when a visible GPU has
+    fallen off the bus (nvidia-smi exits 15 as the simulator's does); ``cuda_dead`` when a visible
+    GPU's CUDA is unusable (the probe reports the init error).
+    """
+
+    listed: tuple[tuple[str, str], ...]
+    rows: tuple[GpuRecord, ...]
+    nodes: frozenset[int]
+    lost: GpuRecord | None = None
+    cuda_dead: bool = False
+
+
+@dataclass
+class Shape:
+    """Overrides of a sandbox's answers: a field shape the simulator does not make.
+
+    Keys of ``answers`` are argv prefixes (joined by spaces); the first match wins over the
+    answers built from ``Shown``.
+    """
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    extra_nodes: frozenset[int] = frozenset()
+    probe: Mapping[str, Any] | str | None = None  # a document, raw stdout, or None for the built one
+    bandwidth: float = 1.0  # the sandbox's copy speed as a fraction of the host's
+
+
+def smi_list(listed: Iterable[tuple[str, str]]) -> str:
+    lines = [f"GPU {i}: {name} (UUID: {uuid})" for i, (name, uuid) in enumerate(listed)]
+    return "\n".join(lines) + "\n" if lines else "No devices found.\n"
+
+
+def smi_query(rows: Sequence[GpuRecord], listed: Sequence[tuple[str, str]]) -> str:
+    """``--query-gpu`` CSV (noheader, nounits) in QUERY_FIELDS order, UUIDs as nvidia-smi lists them."""
+    if not rows:
+        return "No devices were found\n"
+    out = []
+    for i, (gpu, (_, uuid)) in enumerate(zip(rows, listed, strict=True)):
+        bus = "0000" + gpu.pci_bus_id.upper()
+        out.append(f"{i}, {uuid}, {gpu.name}, {bus}, {gpu.memory_total_mib}, {gpu.driver_version}")
+    return "\n".join(out) + "\n"
+
+
+def ls_dev(minors: Iterable[int]) -> str:
+    names = ["console", "null", "nvidia-uvm", "nvidiactl", "shm", "zero"]
+    return "\n".join(sorted(names + [f"nvidia{m}" for m in minors])) + "\n"
+
+
+def probe_doc(
+    uuids: Sequence[str],
+    *,
+    simulated: bool = True,
+    cuda_error: str | None = None,
+    check_ok: bool = True,
+    gbps: float = 50.0,
+) -> dict[str, Any]:
+    """The compute probe's document (workloads/cuda_probe.py's shape) for these visible GPUs."""
+    ok = cuda_error is None
+
+    def figure(v: float) -> dict[str, Any]:
+        return {"median": v, "spread": 0.01, "samples": [v]}
+
+    devices = [
+        {
+            "ordinal": i,
+            "uuid": uuid,
+            "name": "NVIDIA H100 80GB HBM3",
+            "checks": {
+                "vectoradd": {
+                    "ok": check_ok,
+                    "n": 1024,
+                    "max_abs_err": 0.0 if check_ok else 2.0,
+                    "mismatches": 0 if check_ok else 7,
+                    "error": None,
+                },
+                "matmul": {
+                    "ok": check_ok,
+                    "n": 512,
+                    "max_rel_err": 1e-7 if check_ok else 0.5,
+                    "tolerance": 1e-3,
+                    "error": None,
+                },
+            },
+            "bandwidth": {
+                "error": None,
+                "h2d_gbps": figure(gbps),
+                "d2h_gbps": figure(gbps),
+                "d2d_gbps": figure(gbps * 60),
+            },
+        }
+        for i, uuid in enumerate(uuids)
+    ]
+    return {
+        "probe_version": 1,
+        "mode": "simulated" if simulated else "cupy",
+        "simulated": simulated,
+        "cuda": {"ok": ok, "error": cuda_error, "device_count": len(uuids) if ok else 0},
+        "devices": devices if ok else [],
+        "errors": [] if ok else [cuda_error],
+    }
+
+
+class FakeSandbox(Sandbox):
+    """A sandbox whose ``exec`` answers from a table; an unscripted command is a test bug."""
+
+    def __init__(
+        self,
+        adapter: FakeAdapter,
+        request: GpuRequest,
+        granted: frozenset[str] | None,
+        table: Sequence[tuple[str, Answer]],
+        holds: frozenset[str],
+    ) -> None:
+        self.id = f"fake-{next(_IDS)}"
+        self.driver = adapter.name
+        self.request = request
+        self.granted = granted
+        self.versions = {"fake": "1"}
+        self.timings = {"provision_s": 0.01}
+        self.table = list(table)
+        self.holds = holds
+        self.files: dict[str, bytes] = {}
+        self.closed = False
+        self._adapter = adapter
+
+    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        assert not self.closed, f"exec in closed sandbox {self.id}: {list(argv)}"
+        line = " ".join(argv)
+        for prefix, answer in self.table:
+            if line.startswith(prefix):
+                return answer.result(argv)
+        raise AssertionError(f"the fake sandbox has no answer for {list(argv)}")
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
+        self.files[path] = data
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if not self._adapter.keep_on_close:
+                self._adapter.taken -= self.holds
+
+
+Fault = tuple[str, int]
+
+
+class FakeAdapter(Adapter):
+    """A driver that injects GPUs the way the simulated host does, faults included.
+
+    Selection: a default or count request takes the lowest free GPUs; ids are the legacy scheme's
+    (index or UUID); a request beyond the free GPUs is refused with RequestRejected. ``faults``
+    are the simulator's (``("wrong-gpu", 1)``), acting on the GPUs a request selects; ``shape``
+    overrides answers for every sandbox (``shape_for`` per request shape).
+    """
+
+    name = "fake"
+    id_scheme = SCHEME_LEGACY
+
+    def __init__(
+        self,
+        inv: Inventory,
+        *,
+        faults: Sequence[Fault] = (),
+        shape: Shape | None = None,
+        shape_for: Mapping[str, Shape] | None = None,
+        profile: Profile | None = None,
+        accept_everything: bool = False,
+        left_behind: Sequence[str] = (),
+        refusal: Callable[[GpuRequest], str] | None = None,
+        always_hook: bool = False,
+        granted_known: bool = True,
+        python: bool = True,
+        share_gpus: bool = False,
+        refuse_ids: bool = False,
+        keep_on_close: bool = False,
+    ) -> None:
+        super().__init__(
+            AdapterContext(inventory=inv, leases=GpuLeases(Path("/nonexistent/leases")), run_id="unit")
+        )
+        self.inv = inv
+        self.faults = list(faults)
+        self.shape = shape or Shape()
+        self.shape_for = dict(shape_for or {})
+        self._profile = profile or Profile("fake")
+        self.accept_everything = accept_everything
+        self.left_behind = list(left_behind)
+        self.refusal = refusal
+        self.always_hook = always_hook
+        self.granted_known = granted_known
+        self.python = python
+        self.share_gpus = share_gpus
+        self.refuse_ids = refuse_ids
+        self.keep_on_close = keep_on_close
+        self.taken: frozenset[str] = frozenset()
+        self.provisioned: list[FakeSandbox] = []
+
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
+    def available(self) -> Availability:
+        return Availability(True)
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        return list(self.left_behind)
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def _select(self, req: GpuRequest) -> list[GpuRecord]:
+        gpus = list(self.inv.gpus)
+        if req.device_ids:
+            if self.refuse_ids:
+                raise RequestRejected(f"{self.name} has no device ids; use a count")
+            chosen = []
+            for native in req.device_ids:
+                gpu = self.inv.resolve(SCHEME_LEGACY, native)
+                if gpu is None and self.accept_everything:
+                    gpu = gpus[0]
+                if gpu is None:
+                    message = self.refusal(req) if self.refusal else f"unknown device {native!r}"
+                    raise RequestRejected(message)
+                if gpu.uuid in self.taken and not self.share_gpus:
+                    raise RequestRejected(f"GPU {native} is in use by another sandbox")
+                chosen.append(gpu)
+            return chosen
+        free = [g for g in gpus if self.share_gpus or g.uuid not in self.taken]
+        if req.wanted > len(free) and not self.accept_everything:
+            raise RequestRejected(
+                self.refusal(req) if self.refusal else f"{req.wanted} GPU(s) requested, {len(free)} free"
+            )
+        return free[: req.wanted]
+
+    def _inject(self, chosen: Sequence[GpuRecord]) -> tuple[list[GpuRecord], dict[str, str], set[int]]:
+        """What the entries selecting ``chosen`` inject: GPUs, UUID rewrites, extra nodes."""
+        by_index = {g.index: g for g in self.inv.gpus}
+        n = len(self.inv.gpus)
+        injected: list[GpuRecord] = []
+        rewrites: dict[str, str] = {}
+        extra_nodes: set[int] = set()
+        for gpu in chosen:
+            kinds = {kind for kind, index in self.faults if index == gpu.index}
+            following = by_index[(gpu.index + 1) % n]
+            if "missing-gpu" in kinds:
+                continue
+            if "wrong-gpu" in kinds:
+                injected.append(following)
+                continue
+            injected.append(gpu)
+            if "extra-gpu" in kinds:
+                injected.append(following)
+            if "extra-node" in kinds:
+                extra_nodes.add(following.minor)
+        for gpu in injected:
+            if ("uuid-mismatch", gpu.index) in self.faults:
+                rewrites[gpu.uuid] = foreign_uuid(gpu.uuid)
+        unique = list({g.uuid: g for g in sorted(injected, key=lambda g: g.index)}.values())
+        return unique, rewrites, extra_nodes
+
+    def shown(self, chosen: Sequence[GpuRecord]) -> tuple[Shown, set[int]]:
+        injected, rewrites, extra_nodes = self._inject(chosen)
+        listed = tuple((g.name, rewrites.get(g.uuid, g.uuid)) for g in injected)
+        lost = next((g for g in injected if ("fallen-off-bus", g.index) in self.faults), None)
+        dead = any(("cuda-unusable", g.index) in self.faults for g in injected)
+        return Shown(listed, tuple(injected), frozenset(g.minor for g in injected), lost, dead), extra_nodes
+
+    def table(self, shown: Shown, extra_nodes: set[int], shape: Shape) -> list[tuple[str, Answer]]:
+        listed = shown.listed
+        if shown.lost is not None:
+            bus = shown.lost.pci_bus_id.upper()
+            lost = Answer(
+                15,
+                "",
+                f"Unable to determine the device handle for GPU{bus}: {bus}: GPU is lost.  "
+                "Reboot the system to recover this GPU\n",
+            )
+            smi_l: Answer = lost
+            smi_q: Answer = lost
+        else:
+            smi_l = Answer(0, smi_list(listed))
+            smi_q = Answer(0, smi_query(shown.rows, listed))
+        uuids = [uuid for _, uuid in listed]
+        if isinstance(shape.probe, str):
+            probe = Answer(0, shape.probe)
+        else:
+            document = shape.probe or probe_doc(
+                uuids,
+                simulated=self.inv.simulated,
+                cuda_error="cudaErrorNoDevice: no CUDA-capable device is detected"
+                if not uuids
+                else ("CUDA_ERROR_UNKNOWN (999)" if shown.cuda_dead else None),
+                gbps=50.0 * shape.bandwidth,
+            )
+            probe = Answer(0, json.dumps(document))
+        if not self.python:
+            probe = Answer(127, "", 'exec: "python3": executable file not found in $PATH')
+        nodes = set(shown.nodes) | extra_nodes | set(shape.extra_nodes)
+        return [
+            *shape.answers.items(),
+            ("nvidia-smi -L", smi_l),
+            ("nvidia-smi --query-gpu", smi_q),
+            ("ls -1 /dev", Answer(0, ls_dev(sorted(nodes)))),
+            ("sh -c command -v nvidia-smi", Answer(0, "/usr/bin/nvidia-smi\n")),
+            ("python3 ", probe),
+        ]
+
+    def provision(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+    ) -> Sandbox:
+        chosen = self._select(req)
+        if self.always_hook and image == "busybox-envall":  # class 1: the hook honours the image env
+            chosen = list(self.inv.gpus)
+        shown, extra_nodes = self.shown(chosen)
+        shape = self.shape_for.get(req.shape, self.shape)
+        holds = frozenset(g.uuid for g in chosen)
+        self.taken |= holds
+        granted = holds if self.granted_known else None
+        if not req.gpu:
+            granted = frozenset() if self.granted_known else None
+        sandbox = FakeSandbox(self, req, granted, self.table(shown, extra_nodes, shape), holds)
+        self.provisioned.append(sandbox)
+        return sandbox
+
+
+class FakeRuntime:
+    """The parts of fixtures.runtime.Runtime a Cell uses: the shared-sandbox cache, images, deadlines."""
+
+    def __init__(self, adapter: FakeAdapter, host: FakeAdapter | None = None) -> None:
+        self.sandboxes = SandboxCache()
+        self.settings = SimpleNamespace(required=(), thresholds=dict(DEFAULT_THRESHOLDS))
+        self._adapters = {adapter.name: adapter, "host": host or adapter}
+
+    def image(self, driver: str, kind: str) -> str:
+        return kind
+
+    def deadline(self) -> Deadline:
+        return Deadline(30)
+
+    def adapter(self, driver: str) -> Adapter:
+        return self._adapters[driver]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    reason: str
+    cell: Cell
+
+
+def make_cell(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None) -> Cell:
+    info = BY_ID[case_id]
+    profile = adapter.profile
+    expectation = (
+        profile.cases.get(case_id)
+        or profile.cases.get(case_id.split(".", 1)[0] + ".*")
+        or info.default_expectation
+    )
+    runtime: Any = FakeRuntime(adapter, host)
+    return Cell(adapter.name, adapter, info, expectation, runtime, adapter.inv)
+
+
+def run_case(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None) -> Outcome:
+    """Run the catalogue case's suite function as the plugin does and return its verdict."""
+    from conformance import compute
+
+    compute._CACHE.clear()
+    cell = make_cell(case_id, adapter, host)
+    try:
+        CASES[case_id](cell)
+        verdict, reason = Verdict.ERROR, "the case ended without a verdict (harness bug)"
+    except CaseOutcome as outcome:
+        verdict, reason = outcome.verdict, outcome.reason
+    except Exception as exc:
+        verdict, reason = exception_verdict(exc, cell)
+    try:
+        cell.close_own()
+    finally:
+        cell.runtime.sandboxes.close()
+    return Outcome(verdict, reason, cell)
+
+
+def world(profile: str = "h100x4", *, simulated: bool = True, **kwargs: Any) -> FakeAdapter:
+    return FakeAdapter(inventory(profile, simulated=simulated), **kwargs)
+
+
+def engine_error(message: str) -> Callable[..., Sandbox]:
+    """A provision that fails inside the engine (a broken daemon): InfrastructureError."""
+
+    def provision(*args: Any, **kwargs: Any) -> Sandbox:
+        raise InfrastructureError(message)
+
+    return provision
