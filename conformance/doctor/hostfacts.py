@@ -13,7 +13,7 @@ from pathlib import Path
 from conformance.doctor.model import Check, missing, note, ok, wrong
 from drivers.inventory import Inventory
 from drivers.subproc import run_command
-from drivers.vfio import discover
+from fixtures.hostgpus import NvidiaPresence, detect_nvidia
 from workloads.nvidia_smi import SmiParseError, parse_list
 
 SYSFS = Path("/sys")
@@ -31,6 +31,7 @@ class HostFacts:
     sim_label: str = ""
     cdi_dirs: tuple[Path, ...] = DEFAULT_CDI_DIRS
     sysfs: Path = SYSFS
+    dev_root: Path = Path("/dev")
     smi_argv: tuple[str, ...] = ("nvidia-smi",)
     smi_env: dict[str, str] = field(default_factory=dict)
 
@@ -41,10 +42,10 @@ class HostFacts:
         versions = sorted({g.driver_version for g in self.inventory.gpus})
         return versions[0] if len(versions) == 1 else None
 
-
-def nvidia_pci_functions(sysfs: Path = SYSFS) -> list[str]:
-    """NVIDIA GPUs on the PCI bus, whatever driver (if any) they are bound to."""
-    return [gpu.bdf for gpu in discover(sysfs)]
+    def presence(self) -> NvidiaPresence:
+        """What the kernel shows of NVIDIA hardware: the one test of "GPU host or not" (the
+        harness's own, fixtures/hostgpus.py), never whether nvidia-smi happens to work."""
+        return detect_nvidia(self.sysfs, self.dev_root)
 
 
 def host_checks(facts: HostFacts) -> list[Check]:
@@ -62,16 +63,25 @@ def host_checks(facts: HostFacts) -> list[Check]:
     elif inv is not None:
         out.append(_proc_driver_version(facts))
     else:
-        gpus = nvidia_pci_functions(facts.sysfs)
+        presence = facts.presence()
+        if presence.all_on_vfio:
+            out.append(
+                note(
+                    "host driver",
+                    f"every NVIDIA GPU is bound to vfio-pci ({presence.describe()}): only the qemu "
+                    "columns can run",
+                    "pass --driver-opt host.uuid_map=FILE (pci.bus_id,uuid saved before binding)",
+                )
+            )
+            return out
         out.append(
             missing(
                 "host driver",
-                f"nvidia-smi does not work, though {len(gpus)} NVIDIA GPU(s) are on the PCI bus "
-                f"({', '.join(gpus)})"
-                if gpus
+                f"nvidia-smi does not work, though the kernel shows NVIDIA hardware ({presence.describe()})"
+                if presence.present
                 else "nvidia-smi does not work and no NVIDIA GPU is on the PCI bus",
                 "install the NVIDIA driver and check `nvidia-smi -L`"
-                if gpus
+                if presence.present
                 else "on a machine without a GPU run `gpuconform doctor --sim h100x4`",
             )
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.doctor import cdi_lint, cluster, engines, vm
-from conformance.doctor.hostfacts import DEFAULT_CDI_DIRS, HostFacts, host_checks, nvidia_pci_functions
+from conformance.doctor.hostfacts import DEFAULT_CDI_DIRS, HostFacts, host_checks
 from conformance.doctor.model import Check, DoctorReport, DriverReport, note, wrong
 from drivers.base import HarnessError
 
@@ -46,17 +46,19 @@ def run_doctor(opts: DoctorOptions) -> DoctorReport:
     with _facts(opts) as facts:
         host = host_checks(facts)
         host_ready = not any(c.status.blocking for c in host)
+        vfio_only = facts.inventory is None and not facts.simulated and facts.presence().all_on_vfio
         cache: dict[str, tuple[list[Check], engines.Engine | None]] = {}
         reports = []
         for name in names:
             checks = _driver_checks(name, facts, opts, cache)
-            if not host_ready and name != "kubernetes":
-                checks = [
-                    wrong(
-                        "host", "the host's GPU stack is not ready (see the host lines)", "fix those first"
-                    ),
-                    *checks,
-                ]
+            if vfio_only and not name.startswith("qemu") and name != "kubernetes":
+                blocker = wrong("host", "every GPU is bound to vfio-pci", "only the qemu columns run here")
+                checks = [blocker, *checks]
+            elif not host_ready and name != "kubernetes":
+                blocker = wrong(
+                    "host", "the host's GPU stack is not ready (see the host lines)", "fix those first"
+                )
+                checks = [blocker, *checks]
             reports.append(DriverReport(name, tuple(checks)))
         facts_doc = {
             "simulated": facts.simulated,
@@ -132,7 +134,7 @@ def _facts(opts: DoctorOptions) -> Iterator[HostFacts]:
         return
     if opts.sim in ("auto", "none"):
         real = discover_real_inventory()
-        if real is not None or opts.sim == "none" or nvidia_pci_functions():
+        if real is not None or opts.sim == "none" or HostFacts(None).presence().present:
             yield HostFacts(real, cdi_dirs=dirs)
             return
     profile = DEFAULT_SIM_PROFILE if opts.sim in ("auto", "none") else opts.sim

@@ -40,12 +40,22 @@ def _lines(checks: Sequence[Check]) -> dict[str, tuple[Status, str]]:
 
 def test_a_gpu_on_the_bus_without_a_working_nvidia_smi_is_a_missing_host_driver(tmp_path: Path) -> None:
     tree = FakeSysfs.for_gpus(tmp_path / "sys", [GPU_A])
-    checks = host_checks(HostFacts(None, sysfs=tree.root, smi_argv=(str(tmp_path / "no-nvidia-smi"),)))
+    facts = HostFacts(None, sysfs=tree.root, dev_root=tmp_path, smi_argv=(str(tmp_path / "no-nvidia-smi"),))
+    checks = host_checks(facts)
     lines = _lines(checks)
     assert lines["host driver"][0] == Status.MISSING
-    assert f"1 NVIDIA GPU(s) are on the PCI bus ({GPU_A})" in lines["host driver"][1]
+    assert f"though the kernel shows NVIDIA hardware ({GPU_A} on nvidia" in lines["host driver"][1]
     assert lines["nvidia-smi"][0] == Status.MISSING
     assert "hint: install the NVIDIA driver" in checks[0].line()
+
+
+def test_a_host_whose_gpus_are_all_on_vfio_pci_runs_only_the_qemu_columns(tmp_path: Path) -> None:
+    tree = FakeSysfs.for_gpus(tmp_path / "sys", [GPU_A])
+    tree.set_driver(GPU_A, "vfio-pci")
+    facts = HostFacts(None, sysfs=tree.root, dev_root=tmp_path)
+    [line] = host_checks(facts)
+    assert (line.status, line.what) == (Status.NOTE, "host driver")
+    assert "every NVIDIA GPU is bound to vfio-pci" in line.detail and "host.uuid_map" in line.hint
 
 
 def test_qemu_lists_each_gpus_iommu_group_and_its_companions(tmp_path: Path) -> None:
