@@ -79,3 +79,14 @@ def test_a_type_index_spec_names_gpus_gpu0_gpu1(conformance) -> None:  # type: i
     assert run.verdicts("podman") == {"device.each": "pass", "smi.all": "pass"}
     ids = [i for d in run.record("podman", "device.each")["details"] for i in d["ids"]]
     assert [i.split("=")[1] for i in ids] == ["gpu0", "gpu1"]
+
+
+def test_a_uuid_only_spec_without_all_passes_the_docker_cdi_column_too(conformance) -> None:  # type: ignore[no-untyped-def]
+    run = conformance(
+        "--drivers", "docker-cdi", "--require-driver", "docker-cdi", "--sim", "h100x2:cdi=uuid:no-all",
+        "-k", "device.each or smi.default or smi.all",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output[-3000:]
+    assert run.verdicts("docker-cdi") == {"device.each": "pass", "smi.default": "pass", "smi.all": "pass"}
+    ids = [i for d in run.record("docker-cdi", "device.each")["details"] for i in d["ids"]]
+    assert ids and all("=GPU-" in i for i in ids), ids
