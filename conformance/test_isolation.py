@@ -79,7 +79,9 @@ def test_env_escalation(cell: Cell) -> None:
 @case("release")
 def test_release(cell: Cell) -> None:
     first = cell.own(GpuRequest.default())
-    held = {g.uuid for g in list_gpus(cell, first)}
+    # The GPU it holds is the one it was granted and sees: judging "selectable again" on a GPU
+    # the sandbox merely listed (a wrong one) would prove nothing about the one teardown freed.
+    held = set(expect_exactly(cell, first, 1, first.granted))
     cell.release(first)
     problems: list[str] = getattr(cell.adapter, "release_problems", lambda: [])()
     if problems:

@@ -476,8 +476,9 @@ def run_case(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None
     return Outcome(verdict, reason, cell)
 
 
-def world(profile: str = "h100x4", *, simulated: bool = True, **kwargs: Any) -> FakeAdapter:
-    return FakeAdapter(inventory(profile, simulated=simulated), **kwargs)
+def world(gpus: str = "h100x4", *, simulated: bool = True, **kwargs: Any) -> FakeAdapter:
+    """A fake driver on a host of simulator profile ``gpus`` (h100x4, h100x2, single)."""
+    return FakeAdapter(inventory(gpus, simulated=simulated), **kwargs)
 
 
 def engine_error(message: str) -> Callable[..., Sandbox]:
