@@ -141,7 +141,10 @@ def finish_allure_results(folder: Path, records: Iterable[Evidence]) -> int:
         verdict = record.verdict
         details = dict(doc.get("statusDetails") or {})
         details["message"] = f"{verdict.value}: {record.reason}"
-        new = {**doc, "status": ALLURE_STATUS[verdict], "statusDetails": details}
+        # A cell judged while its fixture was set up (unsupported, driver unavailable) had its
+        # title overwritten by allure-pytest after setup; its evidence shows under "Set up".
+        name = f"{record.driver}-{record.case}"
+        new = {**doc, "name": name, "status": ALLURE_STATUS[verdict], "statusDetails": details}
         if new != doc:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(new))
