@@ -38,6 +38,8 @@ _KIND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*[A-Za-z0-9]/[A-Za-z0-9][A-Za-z0
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _GPU_NODE_RE = re.compile(r"nvidia(\d+)")
 _MIG_CAP_RE = re.compile(r"/dev/nvidia-caps/nvidia-cap\d+$")
+# Names in nvidia-ctk's forms for a whole GPU: "0", "gpu0", "GPU-<uuid>".
+_IDENTITY_NAME_RE = re.compile(r"\d+|gpu\d+|GPU-[0-9a-fA-F-]+")
 
 ALL_NAME = "all"
 STRATEGY_INDEX = "index"  # "0", MIG "0:1"
@@ -355,9 +357,8 @@ def _gpu_of(device: CdiDevice, inventory: _Inventory) -> _Gpu | None:
     """The one whole GPU ``device`` stands for, or None (MIG, ``all``, several or no GPUs)."""
     if device.is_mig or device.name == ALL_NAME:
         return None
-    named = _named_gpu(device.name, inventory)
-    if named is not None:
-        return named
+    if _IDENTITY_NAME_RE.fullmatch(device.name):  # claims a GPU: that one or none, never by node
+        return _named_gpu(device.name, inventory)
     by_minor = {g.minor: g for g in inventory.gpus}
     minors = [m for m in device.gpu_minors if m in by_minor]
     return by_minor[minors[0]] if len(minors) == 1 and len(device.gpu_minors) == 1 else None

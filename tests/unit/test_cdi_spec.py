@@ -234,3 +234,9 @@ def test_load_specs_keeps_going_past_a_broken_file(tmp_path: Path) -> None:
     assert [Path(s.path).name for s in specs] == ["b-good.yaml"]
     assert [Path(e.path).name for e in specs.errors] == ["a-broken.yaml"]
     assert "not valid YAML or JSON at line" in str(specs.errors[0])
+
+
+def test_a_name_claiming_a_gpu_the_host_lacks_names_none_even_if_its_node_matches(tmp_path: Path) -> None:
+    stranger = "GPU-0ef519ec-7d02-4ffe-8b8a-cc079f7fce21"
+    specs = [load_spec(variant(tmp_path, {"0": stranger, "1": "7"}))]
+    assert names_by_gpu(specs, inventory(2), KIND) == {UUIDS[0]: [], UUIDS[1]: []}
