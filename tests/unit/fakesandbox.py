@@ -425,7 +425,10 @@ class FakeRuntime:
     def __init__(self, adapter: FakeAdapter, host: FakeAdapter | None = None) -> None:
         self.sandboxes = SandboxCache()
         self.settings = SimpleNamespace(required=(), thresholds=dict(DEFAULT_THRESHOLDS))
-        self._adapters = {adapter.name: adapter, "host": host or adapter}
+        if host is None:  # the bare host: the same GPUs, healthy, with its own bookkeeping
+            host = FakeAdapter(adapter.inv)
+            host.name = "host"
+        self._adapters = {adapter.name: adapter, "host": host}
 
     def image(self, driver: str, kind: str) -> str:
         return kind
