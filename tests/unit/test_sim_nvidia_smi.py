@@ -22,6 +22,7 @@ from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, NVML_SONAME, forma
 from fixtures.simgpu.plan import descriptor_fields
 from fixtures.simgpu.profiles import SimGpu, get_profile
 from fixtures.simgpu.smi_build import SmiBuild, ensure_built
+from workloads import nvidia_smi as parsers
 
 GPUS = get_profile("h100x4").gpus
 INVALID = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
@@ -248,29 +249,28 @@ def test_xml_output(box: Sandbox) -> None:
 
 
 def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
-    smi = pytest.importorskip("workloads.nvidia_smi")
     box.inject([GPUS[3], GPUS[1]])
-    listed_gpus = smi.parse_list(box.run("-L").out)
+    listed_gpus = parsers.parse_list(box.run("-L").out)
     assert [(g.index, g.uuid, g.name) for g in listed_gpus] == [
         (0, GPUS[1].uuid, GPUS[1].model.name),
         (1, GPUS[3].uuid, GPUS[3].model.name),
     ]
     fields = ["index", "uuid", "name", "pci.bus_id", "memory.total", "driver_version"]
     for fmt in ("csv", "csv,noheader", "csv,noheader,nounits", "csv,nounits"):
-        rows = smi.parse_query(box.run(f"--query-gpu={','.join(fields)}", f"--format={fmt}").out, fields)
+        rows = parsers.parse_query(box.run(f"--query-gpu={','.join(fields)}", f"--format={fmt}").out, fields)
         assert [r["uuid"] for r in rows] == [GPUS[1].uuid, GPUS[3].uuid]
         assert [r["pci.bus_id"] for r in rows] == [GPUS[1].pci_sysfs, GPUS[3].pci_sysfs]
         assert [r["memory.total"] for r in rows] == [81559, 81559]
-    xml = smi.parse_xml(box.run("-q", "-x").out)
+    xml = parsers.parse_xml(box.run("-q", "-x").out)
     assert [(g["uuid"], g["minor_number"], g["pci.bus_id"]) for g in xml] == [
         (GPUS[1].uuid, 1, GPUS[1].pci_sysfs),
         (GPUS[3].uuid, 3, GPUS[3].pci_sysfs),
     ]
     (box.dev.parent / "empty").mkdir()
     empty = Sandbox(box.dev.parent / "empty", box.smi)
-    assert smi.parse_list(empty.run("-L").out) == ()
-    assert smi.parse_query(empty.run("--query-gpu=uuid", "--format=csv").out) == []
-    assert smi.nvml_error_name(box.run("--bogus").rc) == "INVALID_ARGUMENT"
+    assert parsers.parse_list(empty.run("-L").out) == ()
+    assert parsers.parse_query(empty.run("--query-gpu=uuid", "--format=csv").out) == []
+    assert parsers.nvml_error_name(box.run("--bogus").rc) == "INVALID_ARGUMENT"
 
 
 def test_an_unusable_cache_is_a_one_line_error(tmp_path: Path) -> None:
