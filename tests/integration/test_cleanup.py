@@ -146,3 +146,37 @@ def test_sigkill_of_a_docker_cdi_run_leaves_engine_26_to_gc(tmp_path: Path) -> N
     assert _engine26(run_id) == ([], [], False), gc.stdout
     assert not list(CDI_DIR.glob(f"gpuconform-sim-r{run_id}.*")), gc.stdout
     assert not (SIM_BASE / f"r{run_id}").exists(), gc.stdout
+
+
+def test_gc_stops_a_dockerd_whose_run_died_before_recording_it() -> None:
+    """A run killed during bring-up leaves daemons that no env.json names: gc finds them under
+    the dead simulated host's instance, stops them and purges their data roots."""
+    from drivers.base import Deadline
+    from fixtures.reaper import reap_dead_runs
+    from fixtures.simgpu.dockerd import PrivateDockerd
+    from fixtures.simgpu.host import SimHost
+
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=10)
+    host = SimHost.up("h100x2", instance=f"o{secrets.token_hex(4)}", owner_pid=dead.pid)
+    daemons = []
+    try:
+        for flavour in ("legacy", "cdi"):
+            daemons.append(
+                PrivateDockerd.start(
+                    host.root,
+                    deadline=Deadline(90),
+                    flavour=flavour,
+                    cdi_spec_dirs=[host.cdi_spec_path.parent],
+                )
+            )
+        done = reap_dead_runs()
+        for daemon in daemons:
+            assert not daemon.status().running, done
+            assert not daemon.data_root.exists(), done
+        assert any(f"stopped orphan cdi dockerd of {host.instance}" in line for line in done), done
+        assert not host.root.exists() and not host.cdi_spec_path.exists(), done
+    finally:
+        for daemon in daemons:
+            daemon.stop(purge=True)
+        host.down()
