@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from conformance.doctor.runner import DoctorOptions, run_doctor
+from drivers.base import HarnessError
 
 
 def unavailable_drivers(results: Path) -> list[str]:
@@ -31,7 +32,10 @@ def unavailable_hints(results: Path, *, sim: str = "auto", sim_instance: str | N
     down = unavailable_drivers(results)
     if not down:
         return []
-    report = run_doctor(DoctorOptions(drivers=tuple(down), sim=sim, sim_instance=sim_instance))
+    try:
+        report = run_doctor(DoctorOptions(drivers=tuple(down), sim=sim, sim_instance=sim_instance))
+    except HarnessError as exc:  # the run's own exit status must not change because of a hint
+        return [f"gpuconform doctor could not check {', '.join(down)}: {exc}"]
     lines = [f"  {c.line()}" for c in report.host if c.status.blocking]
     for driver in report.drivers:
         lines += [f"  {driver.driver}: {c.line()}" for c in driver.problems if c.what != "host"]

@@ -280,3 +280,14 @@ def test_a_spec_the_reader_cannot_read_is_named_with_the_readers_reason(sim: Sim
     unreadable = f"wrong CDI spec {name}: unreadable: cdiVersion '0.9.0' is not one gpuconform reads"
     assert lines[1].startswith(unreadable)
     assert len(lines) == 2
+
+
+def test_after_a_run_a_doctor_that_cannot_start_gives_one_line_not_an_error(tmp_path: Path) -> None:
+    from conformance.doctor.hints import unavailable_hints
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"drivers": {"podman": {"available": False}}}))
+    assert unavailable_hints(results, sim_instance="nosuchinstance") == [
+        "gpuconform doctor could not check podman: no simulated host named 'nosuchinstance' is up "
+        "(hint: gpuconform sim up --name nosuchinstance)"
+    ]
