@@ -25,6 +25,9 @@ examples:
                                                 prove a CDI spec injecting the wrong GPU is caught
   gpuconform matrix results/results.json --format md
   gpuconform gate baseline/matrix.json results/results.json --waivers waivers.yaml
+  gpuconform gate baseline.json results/results.json --drivers docker --hosts gpu-a
+                                                gate one column of one runner against a fleet baseline
+  gpuconform doctor --drivers podman,docker-cdi  what this machine lacks for those columns
   gpuconform sim up --profile a100x8 --name dev  &&  gpuconform sim status
   gpuconform gc                                 remove what killed runs left behind
 
