@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image", action="append", help="KIND=REF: your own image for busybox/python")
     run.add_argument("--probe-image", help="image with python3, numpy and cupy for the compute cases")
     run.add_argument(
-        "--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker.gpu_path=cdi"
+        "--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker-cdi.host=unix:///run/docker.sock"
     )
     run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
     run.add_argument(
