@@ -3,25 +3,84 @@
 Under CI (CI=true) an integration test that skips is turned into a failure: the engines are
 installed there, so a skip means the setup broke and the suite would otherwise pass without
 exercising anything real.
+
+Tests that need root (mknod, /run/gpuconform, chroot, the engines) carry the ``root`` marker.
+Without root they are skipped with a reason that says so, and the summary counts and names them,
+so a contributor's laptop never runs a smaller suite than CI silently; under CI=true (root) a
+root-marked test that skips for any reason fails. A test still written as
+``skipif(os.geteuid() != 0, reason=...)`` is given the marker here from its reason's words, so it
+is counted the same way.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
+
+ROOT_MARKER = "root: needs root (mknod, /run/gpuconform, chroot, engines); never skipped under CI"
+_ROOT_REASON = re.compile(r"\broot\b|\bmknod\b", re.IGNORECASE)
+_LACKS_ROOT: pytest.StashKey[list[str]] = pytest.StashKey()
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", ROOT_MARKER)
+    config.stash[_LACKS_ROOT] = []
+
+
+def _needs_root(item: pytest.Item) -> bool:
+    if item.get_closest_marker("root") is not None:
+        return True
+    for mark in item.iter_markers("skipif"):
+        condition = mark.args[0] if mark.args else mark.kwargs.get("condition")
+        # the geteuid() != 0 form: evaluated at import, so True exactly where root is missing
+        if _ROOT_REASON.search(str(mark.kwargs.get("reason", ""))) and isinstance(condition, bool):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_root(item) and item.get_closest_marker("root") is None:
+            item.add_marker(pytest.mark.root)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    mark = item.get_closest_marker("root")
+    if mark is None or _is_root():
+        return
+    reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "this test")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"root-marked test run without root under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"needs root: {reason}")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
-    if (
-        os.environ.get("CI") == "true"
-        and report.skipped
-        and item.get_closest_marker("integration") is not None
-        and not hasattr(report, "wasxfail")
-    ):
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return report
+    root = item.get_closest_marker("root") is not None
+    if os.environ.get("CI") == "true" and (root or item.get_closest_marker("integration") is not None):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.longrepr = f"integration test skipped under CI=true (setup is broken?): {reason}"
+        kind = "root-marked" if root else "integration"
+        report.longrepr = f"{kind} test skipped under CI=true (setup is broken?): {reason}"
+    elif root and not _is_root():
+        item.config.stash[_LACKS_ROOT].append(item.nodeid)
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lacking = config.stash.get(_LACKS_ROOT, [])
+    if not lacking:
+        return
+    terminalreporter.section("skipped for lack of root", sep="-", yellow=True)
+    terminalreporter.line(f"{len(lacking)} test(s) need root and were skipped (CI runs them as root):")
+    for nodeid in lacking:
+        terminalreporter.line(f"  {nodeid}")

@@ -463,6 +463,8 @@ def run_case(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None
     """Run the catalogue case's suite function as the plugin does and return its verdict."""
     from conformance import compute
 
+    global _IDS
+    _IDS = itertools.count(1)  # sandbox ids per case, so a case's record does not depend on test order
     compute._CACHE.clear()
     cell = make_cell(case_id, adapter, host)
     try:
