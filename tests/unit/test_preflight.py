@@ -14,6 +14,8 @@ from drivers.base import Adapter, OptionSpec
 from fixtures import preflight
 from fixtures.settings import Settings
 
+pytest_plugins = ["pytester"]
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -103,3 +105,49 @@ def test_gpuconform_run_loads_only_its_own_plugins(tmp_path: Path) -> None:
     assert "benchmark" not in text.lower(), text
     assert "PytestAssertRewriteWarning" not in text and "already imported" not in text, text
     assert "warnings summary" not in text, text
+
+
+def test_promote_never_replaces_a_folder_that_holds_no_results(tmp_path: Path) -> None:
+    from fixtures.outdir import promote, staging_dir
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.tex").write_text("someone's work\n")
+    staging = staging_dir(out, "abcd")
+    staging.mkdir()
+    (staging / "results.json").write_text("{}")
+    with pytest.raises(OSError, match="not a results directory"):
+        promote(staging, out)
+    assert (out / "thesis.tex").read_text() == "someone's work\n" and (staging / "results.json").exists()
+
+
+def test_promote_replaces_a_results_folder_whole(tmp_path: Path) -> None:
+    from fixtures.outdir import promote, staging_dir
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.json").write_text('{"old": 1}')
+    (out / "stale.md").write_text("old\n")
+    staging = staging_dir(out, "abcd")
+    staging.mkdir()
+    (staging / "results.json").write_text('{"new": 1}')
+    promote(staging, out)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    assert (out / "results.json").read_text() == '{"new": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_another_projects_session_is_not_stopped_but_a_conformance_one_is(pytester: pytest.Pytester) -> None:
+    """The plugin is an entry point, loaded into every session of the environment: a project's
+    own ./results folder stops a gpuconform run (it would be replaced) and nothing else."""
+    (pytester.path / "results").mkdir()
+    (pytester.path / "results" / "mine.txt").write_text("keep\n")
+    pytester.makepyfile(test_other="def test_other():\n    assert True\n")
+    other = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_other.py", timeout=60)
+    assert other.ret == pytest.ExitCode.OK, other.stdout.str() + other.stderr.str()
+    suites = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--co", str(REPO / "conformance"), "--rootdir", str(REPO), timeout=60
+    )
+    assert suites.ret == pytest.ExitCode.USAGE_ERROR, suites.stdout.str() + suites.stderr.str()
+    assert "--out results is a directory that holds no results.json" in suites.stderr.str()
+    assert (pytester.path / "results" / "mine.txt").read_text() == "keep\n"
