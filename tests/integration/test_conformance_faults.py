@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from conformance.catalogue import CATALOGUE
+from fixtures.simgpu.profiles import sim_uuid
 
 pytestmark = pytest.mark.integration
 
 GOOD = {"pass", "rejected", "unsupported", "skip"}
+HOLD_S = 3.0
 VISIBILITY = [c.id for c in CATALOGUE if c.id.split(".")[0] in ("smi", "count", "device")]
 
 
@@ -147,10 +153,40 @@ def test_unknown_driver_is_a_one_line_usage_error(conformance) -> None:  # type:
     assert "Traceback" not in run.output
 
 
-def test_parallel_workers_share_gpus_through_leases(conformance) -> None:  # type: ignore[no-untyped-def]
-    run = conformance("--drivers", "podman,host", "--sim", "h100x4", "-n", "2", "-k", "smi or count")
+def test_parallel_workers_wait_for_gpus_another_process_holds(conformance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two workers each need every GPU while a third process (this test) holds them all.
+
+    Both columns must wait (and say so in lease_wait_s) instead of provisioning on GPUs another
+    process owns, and pass once the GPUs are given back.
+    """
+    lease_dir = tmp_path / "leases"  # the run's --lease-dir (conftest.conformance_argv)
+    lease_dir.mkdir()
+    holding, released = threading.Event(), threading.Event()
+
+    def give_back_once_asked() -> None:  # filelock's locks belong to the thread that took them
+        held = [FileLock(str(lease_dir / f"{sim_uuid('h100x4', i)}.lock")) for i in range(4)]
+        for lock in held:
+            lock.acquire(timeout=0)
+        holding.set()
+        deadline = time.monotonic() + 240
+        while not (lease_dir / "turnstile.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # a worker has started asking for GPUs
+        time.sleep(HOLD_S)
+        for lock in held:
+            lock.release()
+        released.set()
+
+    holder = threading.Thread(target=give_back_once_asked, daemon=True)
+    holder.start()
+    assert holding.wait(timeout=10)
+    run = conformance("--drivers", "podman,docker-cdi", "--sim", "h100x4", "-n", "2", "-k", "count.max")
+    holder.join(timeout=30)
+    assert released.is_set()
     assert run.exit_code == 0, run.output[-3000:]
-    assert all(v in GOOD for v in run.verdicts("podman").values())
+    for driver in ("podman", "docker-cdi"):
+        record = run.record(driver, "count.max")
+        assert record["verdict"] == "pass", record["reason"]
+        assert record["timings"]["lease_wait_s"] >= HOLD_S - 0.5, (driver, record["timings"])
     assert not run.containers()
 
 
@@ -172,7 +208,7 @@ def test_cuda_unusable_turns_cuda_init_red_while_smi_stays_green(conformance, dr
     assert verdicts["smi.default"] == "pass", run.output[-2000:]
     assert verdicts["cuda.init"] == "fail"
     assert "CUDA failed to initialise" in run.record(driver, "cuda.init")["reason"]
-    assert verdicts["cuda.vectoradd"] != "pass"
+    assert verdicts["cuda.vectoradd"] == "fail", run.record(driver, "cuda.vectoradd")["reason"]
 
 
 def test_compute_cases_pass_marked_simulated_and_bandwidth_is_skipped(conformance) -> None:  # type: ignore[no-untyped-def]

@@ -196,7 +196,11 @@ def test_concurrent_default_requests_get_disjoint_gpus(adapter: DockerAdapter, b
         provision(adapter, GpuRequest.default(), busybox) as first,
         provision(adapter, GpuRequest.default(), busybox) as second,
     ):
-        assert set(seen_uuids(first)).isdisjoint(seen_uuids(second))
+        # Each sees exactly its own one GPU first: two empty sets are disjoint too.
+        seen_first, seen_second = seen_uuids(first), seen_uuids(second)
+        assert len(seen_first) == 1 and seen_first == sorted(first.granted or ())
+        assert len(seen_second) == 1 and seen_second == sorted(second.granted or ())
+        assert set(seen_first).isdisjoint(seen_second)
 
 
 def test_count_over_is_rejected_leaving_no_container(sim: Sim, adapter: DockerAdapter, busybox: str) -> None:
