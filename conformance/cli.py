@@ -215,7 +215,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str, *, note: bool = True):  # type: ignore[no-untyped-def]
     from reports.matrix import MatrixError, load_run
 
     try:
@@ -224,7 +224,7 @@ def _load(path: str):  # type: ignore[no-untyped-def]
         if "(hint: " in str(exc) or "hint:" in str(exc):
             raise
         raise MatrixError(f"{exc} (hint: give a results.json or matrix.json that gpuconform wrote)") from None
-    label = _partial_label(path)
+    label = _partial_label(path) if note else ""
     if label:
         print(f"gpuconform: note: {label}", file=sys.stderr)
     return loaded
@@ -258,7 +258,7 @@ def _refuse_partial(path: str) -> None:
 def cmd_matrix(args: argparse.Namespace) -> int:
     from reports.render import render
 
-    matrix, records = _load(args.results)
+    matrix, records = _load(args.results, note=args.format not in ("terminal", "md"))
     text = render(matrix, records, args.format, color=sys.stdout.isatty() and args.format == "terminal")
     label = _partial_label(args.results)
     if label and args.format in ("terminal", "md"):
@@ -409,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image", action="append", help="KIND=REF: your own image for busybox/python")
     run.add_argument("--probe-image", help="image with python3, numpy and cupy for the compute cases")
     run.add_argument(
-        "--driver-opt", action="append", help="KEY=VALUE adapter option, e.g. docker-cdi.host=unix:///run/docker.sock"
+        "--driver-opt",
+        action="append",
+        help="KEY=VALUE adapter option, e.g. docker-cdi.host=unix:///run/docker.sock",
     )
     run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
     run.add_argument(
