@@ -82,9 +82,11 @@ class Answer:
     exit_code: int | None
     stdout: str = ""
     stderr: str = ""
+    killed: bool = False  # no exit status, but not a timeout either (a signal)
 
     def result(self, argv: Sequence[str]) -> ExecResult:
-        return ExecResult(tuple(argv), self.exit_code, self.stdout, self.stderr, 0.01, self.exit_code is None)
+        timed_out = self.exit_code is None and not self.killed
+        return ExecResult(tuple(argv), self.exit_code, self.stdout, self.stderr, 0.0123, timed_out)
 
 
 @dataclass(frozen=True)
@@ -208,15 +210,18 @@ class FakeSandbox(Sandbox):
         self.request = request
         self.granted = granted
         self.versions = {"fake": "1"}
-        self.timings = {"provision_s": 0.01}
+        self.timings = {"provision_s": 0.25}
         self.table = list(table)
         self.holds = holds
         self.files: dict[str, bytes] = {}
+        self.modes: dict[str, int] = {}
+        self.timeouts: list[float] = []
         self.closed = False
         self._adapter = adapter
 
     def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
         assert not self.closed, f"exec in closed sandbox {self.id}: {list(argv)}"
+        self.timeouts.append(timeout)
         line = " ".join(argv)
         for prefix, answer in self.table:
             if line.startswith(prefix):
@@ -225,10 +230,14 @@ class FakeSandbox(Sandbox):
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         self.files[path] = data
+        self.modes[path] = mode
 
     def close(self) -> None:
+        if self._adapter.close_error:
+            raise InfrastructureError(f"{self.id}: {self._adapter.close_error}")
         if not self.closed:
             self.closed = True
+            self.timings["teardown_s"] = 0.5
             if not self._adapter.keep_on_close:
                 self._adapter.taken -= self.holds
 
@@ -265,6 +274,9 @@ class FakeAdapter(Adapter):
         share_gpus: bool = False,
         refuse_ids: bool = False,
         keep_on_close: bool = False,
+        all_ids: list[str] | None = None,
+        console: str | None = None,
+        close_error: str | None = None,
     ) -> None:
         super().__init__(
             AdapterContext(inventory=inv, leases=GpuLeases(Path("/nonexistent/leases")), run_id="unit")
@@ -283,6 +295,10 @@ class FakeAdapter(Adapter):
         self.share_gpus = share_gpus
         self.refuse_ids = refuse_ids
         self.keep_on_close = keep_on_close
+        self._all_ids = all_ids
+        self.console = console
+        self.close_error = close_error
+        self.provisions: list[dict[str, Any]] = []
         self.taken: frozenset[str] = frozenset()
         self.provisioned: list[FakeSandbox] = []
 
@@ -292,6 +308,9 @@ class FakeAdapter(Adapter):
 
     def available(self) -> Availability:
         return Availability(True)
+
+    def all_ids(self) -> list[str] | None:
+        return self._all_ids
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         return list(self.left_behind)
@@ -303,6 +322,8 @@ class FakeAdapter(Adapter):
         if req.device_ids:
             if self.refuse_ids:
                 raise RequestRejected(f"{self.name} has no device ids; use a count")
+            if self._all_ids and list(req.device_ids) == self._all_ids:
+                return gpus
             chosen = []
             for native in req.device_ids:
                 gpu = self.inv.resolve(SCHEME_LEGACY, native)
@@ -404,6 +425,15 @@ class FakeAdapter(Adapter):
         deadline: Deadline,
         env: Mapping[str, str] | None = None,
     ) -> Sandbox:
+        self.provisions.append(
+            {
+                "request": req.shape,
+                "image": image,
+                "labels": dict(labels),
+                "env": dict(env or {}),
+                "deadline": isinstance(deadline, Deadline),
+            }
+        )
         chosen = self._select(req)
         if self.always_hook and image == "busybox-envall":  # class 1: the hook honours the image env
             chosen = list(self.inv.gpus)
@@ -415,6 +445,8 @@ class FakeAdapter(Adapter):
         if not req.gpu:
             granted = frozenset() if self.granted_known else None
         sandbox = FakeSandbox(self, req, granted, self.table(shown, extra_nodes, shape), holds)
+        if self.console is not None:
+            sandbox.console_log = self.console  # type: ignore[attr-defined]
         self.provisioned.append(sandbox)
         return sandbox
 
@@ -447,7 +479,9 @@ class Outcome:
     cell: Cell
 
 
-def make_cell(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None) -> Cell:
+def make_cell(
+    case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None, runtime: FakeRuntime | None = None
+) -> Cell:
     info = BY_ID[case_id]
     profile = adapter.profile
     expectation = (
@@ -455,18 +489,25 @@ def make_cell(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = Non
         or profile.cases.get(case_id.split(".", 1)[0] + ".*")
         or info.default_expectation
     )
-    runtime: Any = FakeRuntime(adapter, host)
-    return Cell(adapter.name, adapter, info, expectation, runtime, adapter.inv)
+    the_runtime: Any = runtime or FakeRuntime(adapter, host)
+    return Cell(adapter.name, adapter, info, expectation, the_runtime, adapter.inv)
 
 
-def run_case(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None) -> Outcome:
-    """Run the catalogue case's suite function as the plugin does and return its verdict."""
+def run_case(
+    case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None, *, runtime: FakeRuntime | None = None
+) -> Outcome:
+    """Run the catalogue case's suite function as the plugin does and return its verdict.
+
+    Each call starts afresh (sandbox ids, the probe's cache, the shared sandbox) unless it is
+    handed the ``runtime`` of an earlier case, as the cases of one pytest process share theirs.
+    """
     from conformance import compute
 
     global _IDS
-    _IDS = itertools.count(1)  # sandbox ids per case, so a case's record does not depend on test order
-    compute._CACHE.clear()
-    cell = make_cell(case_id, adapter, host)
+    if runtime is None:
+        _IDS = itertools.count(1)  # per case, so a case's record does not depend on test order
+        compute._CACHE.clear()
+    cell = make_cell(case_id, adapter, host, runtime)
     try:
         CASES[case_id](cell)
         verdict, reason = Verdict.ERROR, "the case ended without a verdict (harness bug)"
@@ -476,9 +517,28 @@ def run_case(case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None
         verdict, reason = exception_verdict(exc, cell)
     try:
         cell.close_own()
+    except Exception as exc:  # as the plugin: a failed teardown spoils only a good verdict
+        if verdict.good:
+            verdict, reason = Verdict.ERROR, str(exc)
     finally:
-        cell.runtime.sandboxes.close()
+        adapter.close_error = None
+        if runtime is None:
+            cell.runtime.sandboxes.close()
     return Outcome(verdict, reason, cell)
+
+
+def run_cases(case_ids: Sequence[str], adapter: FakeAdapter) -> list[Outcome]:
+    """Run cases one after another in one process's runtime (sharing its sandbox), then close it."""
+    from conformance import compute
+
+    global _IDS
+    _IDS = itertools.count(1)
+    compute._CACHE.clear()
+    runtime = FakeRuntime(adapter)
+    try:
+        return [run_case(case_id, adapter, runtime=runtime) for case_id in case_ids]
+    finally:
+        runtime.sandboxes.close()
 
 
 def world(gpus: str = "h100x4", *, simulated: bool = True, **kwargs: Any) -> FakeAdapter:

@@ -14,7 +14,7 @@ import pytest
 
 from conformance.compute import PROBE_PATH
 from reports.evidence import Verdict
-from tests.unit.fakesandbox import Answer, Shape, inventory, probe_doc, run_case, world
+from tests.unit.fakesandbox import Answer, Shape, inventory, probe_doc, run_case, run_cases, world
 
 INV = inventory("h100x4")
 U = [g.uuid for g in INV.gpus]
@@ -29,6 +29,9 @@ def probe(document: dict[str, Any] | str) -> Shape:
 def crashed(code: int, stderr: str) -> Shape:
     return Shape(answers={"python3 ": Answer(code, "", stderr)})
 
+
+NO_MEDIAN = probe_doc([U[0]], simulated=False)
+NO_MEDIAN["devices"][0]["bandwidth"]["d2d_gbps"] = {"median": None}
 
 TABLE: list[Any] = [
     pytest.param("cuda.init", {}, PASS, ["CUDA initialised with 1 device(s), as granted"], id="init-healthy"),
@@ -151,6 +154,35 @@ TABLE: list[Any] = [
         id="matmul-cuda-unusable",
     ),
     pytest.param("cuda.bandwidth", {}, SKIP, ["not judged on a simulated host"], id="bandwidth-simulated"),
+    pytest.param(
+        "cuda.bandwidth",
+        {"simulated": False, "shape": probe(NO_MEDIAN)},
+        INCONCLUSIVE,
+        ["d2d_gbps on", "has no median"],
+        id="bandwidth-no-median",
+    ),
+    pytest.param(
+        "cuda.init",
+        {
+            "shape": Shape(
+                answers={
+                    "python3 ": Answer(
+                        1, "\n" + json.dumps(probe_doc([U[0]])), "dlopen: No such file or directory"
+                    )
+                }
+            )
+        },
+        ERROR,
+        ["the compute probe crashed (exit 1)"],
+        id="init-probe-exit-1-with-document",
+    ),
+    pytest.param(
+        "cuda.init",
+        {"shape": crashed(1, "E" * 400)},
+        ERROR,
+        ["the compute probe crashed (exit 1)"],
+        id="init-probe-long-stderr",
+    ),
 ]
 
 
@@ -200,3 +232,12 @@ def test_a_real_host_without_cupy_is_the_runners_gap_not_a_fail() -> None:
     broken = run_case("cuda.init", world(simulated=False, shape=Shape(probe=json.loads(json.dumps(doc)))))
     assert broken.verdict is ERROR
     assert "cannot load libcuda.so.1" in broken.reason
+
+
+def test_the_probe_runs_once_per_sandbox_and_its_document_is_reused() -> None:
+    outcomes = run_cases(["cuda.init", "cuda.uuid", "cuda.vectoradd"], world())
+    assert [o.verdict for o in outcomes] == [PASS, PASS, PASS]
+    first, *rest = (o.cell.commands for o in outcomes)
+    assert first[-1]["argv"] == ["python3", PROBE_PATH] and "reused" not in first[-1]
+    for commands in rest:
+        assert commands == [{**first[-1], "reused": True}]

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reports.diff import Waiver, diff, gate
+from reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
 from reports.evidence import Verdict
 from tests.unit import test_judge_compute, test_judge_isolation, test_judge_selection, test_judge_visibility
-from tests.unit.fakesandbox import FakeAdapter, run_case, world
+from tests.unit.fakesandbox import FakeAdapter, run_case, run_cases, world
 from tests.unit.test_compute_judge import A, B, C, device, doc, with_stack
 from tests.unit.test_diff_gate import make_matrix
 from workloads import compute_judge as cj
@@ -48,9 +50,17 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
 
     def runner(case: str, build: Callable[[], FakeAdapter]) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
-            outcome = run_case(case, build())
+            adapter = build()
+            outcome = run_case(case, adapter)
             cell = outcome.cell
             return {
+                "timings": cell.timings,
+                "provisions": adapter.provisions,
+                "sandboxes": [
+                    {"id": b.id, "closed": b.closed, "timeouts": b.timeouts, "files": b.modes}
+                    for b in adapter.provisioned
+                ],
+                "consoles": cell.console_logs(),
                 "verdict": outcome.verdict.value,
                 "reason": outcome.reason,
                 "parsed": cell.parsed,
@@ -80,6 +90,14 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
         ("selection", None, test_judge_selection.TABLE, lambda stack: world(**stack)),
         ("compute", None, test_judge_compute.TABLE, lambda stack: world(**stack)),
     ]
+    extra: list[tuple[str, str, dict[str, Any]]] = [
+        ("teardown/fails", "exclusive.concurrent", {"close_error": "stuck"}),
+        ("teardown/fails-in-case", "release", {"close_error": "stuck"}),
+        ("console/kept", "smi.default", {"console": "c" * 5000}),
+        ("console/empty", "smi.default", {"console": ""}),
+    ]
+    for key, the_case, stack in extra:
+        yield key, runner(the_case, lambda s=stack: world(**s))
     for prefix, case, table, build in tables:
         for param in table:
             values = param.values
@@ -88,6 +106,17 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
             else:
                 the_case, args = case, values[: len(values) - 2]
             yield f"{prefix}/{param.id}", runner(the_case, lambda b=build, a=args: b(*a))
+
+
+def _shared_runs() -> dict[str, Any]:
+    adapter = world()
+    outcomes = run_cases(["cuda.init", "cuda.uuid", "smi.default", "cuda.matmul"], adapter)
+    return {
+        "verdicts": [(o.verdict.value, o.reason) for o in outcomes],
+        "commands": [o.cell.commands for o in outcomes],
+        "timings": [o.cell.timings for o in outcomes],
+        "sandboxes": [(b.id, b.closed, b.timeouts, b.modes) for b in adapter.provisioned],
+    }
 
 
 # ---- the pure cuda.* judges ----------------------------------------------------------------------
@@ -323,6 +352,9 @@ def _gates() -> Iterator[tuple[str, Callable[[], Any]]]:
                     return {"diff": d.summary(), "gate": g.summary(), "passed": g.passed}
 
                 yield key, run
+    for wname, text in WAIVER_FILES.items():
+        yield f"waivers/{wname}", lambda n=wname, t=text: _load_waivers(n, t)
+    yield from _scopes()
     yield (
         "gate/profile",
         lambda: diff(
@@ -332,9 +364,97 @@ def _gates() -> Iterator[tuple[str, Callable[[], Any]]]:
     yield "gate/sim-both", lambda: diff(make_matrix(simulated=True), make_matrix(simulated=True)).summary()
 
 
+WAIVER_FILES: dict[str, str] = {
+    "ok.yaml": "- {driver: docker, case: smi.default, reason: ' known ', expires: 2025-06-30}\n"
+    "- {host: gpu-b, driver: podman, case: count.1, reason: x, expires: '2025-07-01'}\n"
+    "- {driver: podman, case: count.2, reason: y, expires: 2025-07-02 12:00:00}\n",
+    "wrapped.json": json.dumps(
+        {"waivers": [{"driver": "d", "case": "c", "reason": "r", "expires": "2025-06-30"}]}
+    ),
+    "empty.yaml": "",
+    "bad.json": "{",
+    "bad.yaml": "- [unclosed\n",
+    "tab.yaml": "a:\n\t- b\n",
+    "not-a-list.yaml": "driver: docker\n",
+    "extra-key.yaml": "waivers: []\nother: 1\n",
+    "scalar-entry.yaml": "- 7\n",
+    "unknown-field.yaml": "- {driver: d, case: c, reason: r, expires: 2025-06-30, ticket: 9}\n",
+    "blank-reason.yaml": "- {driver: d, case: c, reason: '  ', expires: 2025-06-30}\n",
+    "no-case.yaml": "- {driver: d, reason: r, expires: 2025-06-30}\n",
+    "glob-driver.yaml": "- {driver: 'dock*', case: c, reason: r, expires: 2025-06-30}\n",
+    "glob-case.yaml": "- {driver: d, case: 'smi.[ab]', reason: r, expires: 2025-06-30}\n",
+    "bad-date.yaml": "- {driver: d, case: c, reason: r, expires: 'soon'}\n",
+    "no-date.yaml": "- {driver: d, case: c, reason: r}\n",
+    "int-date.yaml": "- {driver: d, case: c, reason: r, expires: 20250630}\n",
+    "second-bad.yaml": "- {driver: d, case: c, reason: r, expires: 2025-06-30}\n- {driver: e, reason: r}\n",
+    "host-blank.yaml": "- {host: '', driver: d, case: c, reason: r, expires: 2025-06-30}\n",
+    "missing.yaml": None,
+}
+
+
+def _load_waivers(name: str, text: str | None) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        if text is not None:
+            path.write_text(text)
+        try:
+            return [repr(w) for w in load_waivers(path)]
+        except WaiverError as exc:
+            return {"error": str(exc).replace(tmp, "TMP")}
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except DriverSelectionError as exc:
+        return {"error": str(exc)}
+
+
+def _scopes() -> Iterator[tuple[str, Callable[[], Any]]]:
+    regressed = {("docker", "smi.default"): F, ("podman", "count.1"): F, ("podman", "release"): P}
+    runner = make_matrix(regressed, host="runner-7")
+    base = make_matrix()
+    scopes: dict[str, Callable[[], Any]] = {
+        "drivers-docker": lambda: diff(base, make_matrix(regressed), drivers=["docker"]).summary(),
+        "drivers-podman": lambda: diff(base, make_matrix(regressed), drivers=["podman", ""]).summary(),
+        "drivers-unknown": lambda: diff(base, base, drivers=["qemu", "docker"]).summary(),
+        "drivers-empty": lambda: diff(base, base, drivers=[""]).summary(),
+        "hosts-gpu-a": lambda: diff(base, make_matrix(regressed), hosts=["gpu-a"]).summary(),
+        "hosts-unknown": lambda: diff(base, base, hosts=["gpu-z"]).summary(),
+        "host-map": lambda: diff(base, runner, host_map={"runner-7": "gpu-a"}).summary(),
+        "host-map-hosts": lambda: diff(
+            base, runner, host_map={"runner-7": "gpu-a"}, hosts=["gpu-a"]
+        ).summary(),
+        "no-host-map": lambda: diff(base, runner).summary(),
+        "no-host-map-sim": lambda: diff(base, make_matrix(host="runner-7", simulated=True)).summary(),
+        "runner-hosts": lambda: diff(base, runner, hosts=["runner-7"]).summary(),
+    }
+    for name, fn in scopes.items():
+        yield f"scope/{name}", lambda f=fn: _safe(f)
+    profile = base.profiles[("gpu-a", "docker")]
+    changed = {
+        "exclusive": {**profile, "exclusive": False},
+        "oversubscribe": {**profile, "oversubscribe": "shared"},
+        "notes": {**profile, "notes": "now shared"},
+        "cases": {**profile, "cases": {"count.over": "supported", "smi.*": "unsupported"}},
+        "no-cases": {k: v for k, v in profile.items() if k != "cases"},
+    }
+    for name, new in changed.items():
+        current = replace(base, profiles={**base.profiles, ("gpu-a", "docker"): new})
+        yield f"profile/{name}", lambda c=current: diff(base, c).summary()
+    dropped = replace(base, profiles={k: v for k, v in base.profiles.items() if k[1] != "docker"})
+    yield "profile/removed", lambda: diff(base, dropped).summary()
+    yield "profile/added", lambda: diff(dropped, base).summary()
+
+
 # ---- the golden file -----------------------------------------------------------------------------
 
-SCENARIOS: dict[str, Callable[[], Any]] = {**dict(_rows()), **dict(_pure()), **dict(_gates())}
+SCENARIOS: dict[str, Callable[[], Any]] = {
+    **dict(_rows()),
+    "shared/cuda-then-smi": _shared_runs,
+    **dict(_pure()),
+    **dict(_gates()),
+}
 
 
 def _load() -> dict[str, Any]:

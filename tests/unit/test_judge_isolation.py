@@ -163,3 +163,25 @@ def test_release_without_native_ids_asks_for_every_gpu() -> None:
     assert "a full-count request works" in outcome.reason
     no_ids.keep_on_close = True
     assert run_case("release", no_ids).verdict is FAIL
+
+
+def test_a_teardown_that_fails_spoils_a_good_verdict_only() -> None:
+    good = run_case("exclusive.concurrent", world(close_error="stuck in removal"))
+    assert good.verdict is Verdict.ERROR
+    assert (
+        good.reason == "teardown failed: fake-2: fake-2: stuck in removal; fake-1: fake-1: stuck in removal"
+    )
+    during = run_case("release", world(close_error="stuck in removal"))  # inside the case: its error
+    assert (during.verdict, during.reason) == (Verdict.ERROR, "InfrastructureError: fake-1: stuck in removal")
+    bad = run_case("exclusive.concurrent", world(share_gpus=True, close_error="stuck"))
+    assert bad.verdict is FAIL
+    assert "both see" in bad.reason
+
+
+def test_a_vms_console_log_is_kept_for_the_evidence() -> None:
+    outcome = run_case("exclusive.concurrent", world(console="x" * 5000 + "NVRM: probe failed"))
+    logs = outcome.cell.console_logs()
+    assert sorted(logs) == ["fake-1", "fake-2"]
+    assert all(len(text) == 4096 and text.endswith("NVRM: probe failed") for text in logs.values())
+    assert outcome.cell.console_logs(limit=5) == {"fake-1": "ailed", "fake-2": "ailed"}
+    assert run_case("exclusive.concurrent", world(console="")).cell.console_logs() == {}

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from drivers.base import Profile
 from reports.evidence import Verdict
 from tests.unit.fakesandbox import (
     NOT_FOUND_IN_PATH,
@@ -154,6 +155,56 @@ SMI_DEFAULT: list[Any] = [
     ),
     pytest.param({"shape": smi(None)}, ERROR, ["timed out"], id="smi-hangs"),
     pytest.param(
+        {"shape": smi(255, "", NVML_UNKNOWN + " " + "x" * 400)},
+        FAIL,
+        ["exited 255 (UNKNOWN)"],
+        id="long-stderr",
+    ),
+    pytest.param(
+        {"shape": Shape(answers={"nvidia-smi": Answer(None, "", "Killed", killed=True)})},
+        FAIL,
+        ["exited -1 (EXIT_-1)"],
+        id="smi-killed-by-signal",
+    ),
+    pytest.param(
+        {
+            "shape": Shape(
+                answers={
+                    "nvidia-smi": Answer(127, "", NOT_FOUND_IN_PATH),
+                    "sh -c command -v nvidia-smi": Answer(0, "alias nvidia-smi='true'\n"),
+                }
+            )
+        },
+        FAIL,
+        ["nvidia-smi is not present"],
+        id="smi-only-an-alias",
+    ),
+    pytest.param(
+        {
+            "shape": Shape(
+                answers={
+                    "nvidia-smi": Answer(127, "", NOT_FOUND_IN_PATH),
+                    "sh -c command -v nvidia-smi": Answer(1, "/usr/bin/nvidia-smi\n"),
+                }
+            )
+        },
+        FAIL,
+        ["nvidia-smi is not present"],
+        id="smi-command-v-fails",
+    ),
+    pytest.param(
+        {"faults": [("extra-node", 0)], "profile": Profile("fake", cases={"smi.nodes": "unsupported"})},
+        PASS,
+        ["sees exactly"],
+        id="extra-node-not-held-to-nodes",
+    ),
+    pytest.param(
+        {"shape": Shape(answers={"ls -1 /dev": Answer(2, "", "ls: " + "y" * 400)})},
+        ERROR,
+        ["could not list /dev"],
+        id="ls-dev-fails-long",
+    ),
+    pytest.param(
         {"shape": Shape(answers={"ls -1 /dev": Answer(2, "", "ls: /dev: Permission denied")})},
         ERROR,
         ["could not list /dev"],
@@ -215,6 +266,19 @@ SMI_NONE: list[Any] = [
         smi(6, "something else\n"), INCONCLUSIVE, ["exited 6 (NOT_FOUND)"], id="exit-6-without-the-words"
     ),
     pytest.param(smi(0, TABLE_OUTPUT), INCONCLUSIVE, ["could not parse"], id="unparseable"),
+    pytest.param(
+        smi(255, "partial output", NVML_UNKNOWN + " " + "z" * 300),
+        INCONCLUSIVE,
+        ["exited 255"],
+        id="nvml-unknown-long",
+    ),
+    pytest.param(smi(None, "", "Killed", on_path=True), ERROR, ["nvidia-smi -L timed out after 60s"], id="hangs"),
+    pytest.param(
+        Shape(answers={"nvidia-smi": Answer(None, "", "Killed", killed=True)}),
+        INCONCLUSIVE,
+        ["exited -1"],
+        id="killed",
+    ),
 ]
 
 
@@ -230,6 +294,7 @@ SMI_ALL: list[Any] = [
     pytest.param({"faults": [("uuid-mismatch", 3)]}, FAIL, ["not in the host inventory"], id="uuid-mismatch"),
     pytest.param({"faults": [("fallen-off-bus", 2)]}, FAIL, ["GPU_IS_LOST"], id="fallen-off-bus"),
     pytest.param({"shape": smi(4, NVML_NO_PERMISSION)}, FAIL, ["NO_PERMISSION"], id="permission-denied"),
+    pytest.param({"all_ids": ["all"]}, PASS, ["the all-GPUs form (gpu;ids=all)"], id="cdi-all-id"),
 ]
 
 
