@@ -272,7 +272,9 @@ SMI_NONE: list[Any] = [
         ["exited 255"],
         id="nvml-unknown-long",
     ),
-    pytest.param(smi(None, "", "Killed", on_path=True), ERROR, ["nvidia-smi -L timed out after 60s"], id="hangs"),
+    pytest.param(
+        smi(None, "", "Killed", on_path=True), ERROR, ["nvidia-smi -L timed out after 60s"], id="hangs"
+    ),
     pytest.param(
         Shape(answers={"nvidia-smi": Answer(None, "", "Killed", killed=True)}),
         INCONCLUSIVE,
