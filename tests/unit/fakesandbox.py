@@ -47,7 +47,7 @@ from workloads.compute_judge import DEFAULT_THRESHOLDS
 
 SUITES = (test_visibility, test_counts, test_device_ids, test_isolation, test_compute)
 CASES: dict[str, Callable[[Cell], None]] = {
-    fn._gpuconform_case.id: fn  # type: ignore[attr-defined]
+    fn._gpuconform_case.id: fn
     for suite in SUITES
     for fn in vars(suite).values()
     if callable(fn) and hasattr(fn, "_gpuconform_case")

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +365,7 @@ def _gates() -> Iterator[tuple[str, Callable[[], Any]]]:
     yield "gate/sim-both", lambda: diff(make_matrix(simulated=True), make_matrix(simulated=True)).summary()
 
 
-WAIVER_FILES: dict[str, str] = {
+WAIVER_FILES: dict[str, str | None] = {
     "ok.yaml": "- {driver: docker, case: smi.default, reason: ' known ', expires: 2025-06-30}\n"
     "- {host: gpu-b, driver: podman, case: count.1, reason: x, expires: '2025-07-01'}\n"
     "- {driver: podman, case: count.2, reason: y, expires: 2025-07-02 12:00:00}\n",
@@ -410,8 +411,16 @@ def _safe(fn: Callable[[], Any]) -> Any:
         return {"error": str(exc)}
 
 
+def _profile_summary(before: Any, after: Any) -> str:
+    return diff(before, after).summary()
+
+
 def _scopes() -> Iterator[tuple[str, Callable[[], Any]]]:
-    regressed = {("docker", "smi.default"): F, ("podman", "count.1"): F, ("podman", "release"): P}
+    regressed: dict[tuple[str, str], Verdict | None] = {
+        ("docker", "smi.default"): F,
+        ("podman", "count.1"): F,
+        ("podman", "release"): P,
+    }
     runner = make_matrix(regressed, host="runner-7")
     base = make_matrix()
     scopes: dict[str, Callable[[], Any]] = {
@@ -430,7 +439,7 @@ def _scopes() -> Iterator[tuple[str, Callable[[], Any]]]:
         "runner-hosts": lambda: diff(base, runner, hosts=["runner-7"]).summary(),
     }
     for name, fn in scopes.items():
-        yield f"scope/{name}", lambda f=fn: _safe(f)
+        yield f"scope/{name}", partial(_safe, fn)
     profile = base.profiles[("gpu-a", "docker")]
     changed = {
         "exclusive": {**profile, "exclusive": False},
@@ -441,7 +450,7 @@ def _scopes() -> Iterator[tuple[str, Callable[[], Any]]]:
     }
     for name, new in changed.items():
         current = replace(base, profiles={**base.profiles, ("gpu-a", "docker"): new})
-        yield f"profile/{name}", lambda c=current: diff(base, c).summary()
+        yield f"profile/{name}", partial(_profile_summary, base, current)
     dropped = replace(base, profiles={k: v for k, v in base.profiles.items() if k[1] != "docker"})
     yield "profile/removed", lambda: diff(base, dropped).summary()
     yield "profile/added", lambda: diff(dropped, base).summary()
