@@ -28,6 +28,7 @@ from drivers.base import (
     Sandbox,
 )
 from drivers.inventory import SCHEME_CDI, GpuRecord, Inventory, learnt_cdi_inventory
+from drivers.orphans import kill_orphans
 from drivers.request import GpuRequest
 from drivers.selection import Selection, select_gpus
 from drivers.subproc import run_command
@@ -209,4 +210,8 @@ class PodmanAdapter(Adapter):
         names = self._labelled({LABEL_RUN: run_id or ""})
         for name in names:
             self.remove(name)
+        if run_id:
+            # A `podman run` killed half-way can leave conmon and the container's init process
+            # behind with no container in podman's store for `rm` to find.
+            names += [f"{what} (killed)" for what in kill_orphans(f"gpuconform-{run_id}-")]
         return names

@@ -121,15 +121,6 @@ def _frozen_run(
     return after, took
 
 
-@pytest.mark.xfail(
-    run=False,
-    strict=True,
-    reason="known hang: Runtime.image asks the engine for the image before every provisioning, "
-    "through a Docker client whose timeout is min(120 s, Deadline(900)) rather than the cell's "
-    "deadline, so each cell waits 121 s on a frozen dockerd (seen: py-spy in _ensure_docker). "
-    "Fix in fixtures/runtime.py (remember the images ensured per engine, and pass the cell's "
-    "deadline); then drop this mark",
-)
 def test_a_frozen_private_dockerd_gives_error_and_the_run_ends(tmp_path: Path) -> None:
     verdicts, took = _frozen_run(
         tmp_path, "docker-legacy", "count or device", lambda r: _env_process(r, "dockerd"),
