@@ -167,7 +167,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _environment({"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "GPUCONFORM_RUN_ID": run_id}):
         code = int(pytest.main(argv))
     # A check only pytest could make (an option after --) stopped it: a usage error here too.
-    return 2 if code == int(pytest.ExitCode.USAGE_ERROR) else code
+    if code == int(pytest.ExitCode.USAGE_ERROR):
+        return 2
+    _print_doctor_hints(Path(args.out) / "results.json", args)
+    return code
+
+
+def _print_doctor_hints(results: Path, args: argparse.Namespace) -> None:
+    """doctor's missing/wrong lines for each driver the run found unavailable (never changes the
+    run's exit status: a hint that cannot be computed says so in one line)."""
+    if not results.exists():
+        return
+    from conformance.doctor.hints import unavailable_hints
+
+    options = dict(item.split("=", 1) for item in args.driver_opt or [] if "=" in item)
+    lines = unavailable_hints(results, sim=args.sim, sim_instance=args.sim_instance, driver_options=options)
+    if lines:
+        print("\n".join(lines))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

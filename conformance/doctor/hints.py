@@ -7,6 +7,7 @@ A skipped column says only "not available: <reason>"; what to install or fix is 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from conformance.doctor.runner import DoctorOptions, run_doctor
@@ -27,13 +28,22 @@ def unavailable_drivers(results: Path) -> list[str]:
     )
 
 
-def unavailable_hints(results: Path, *, sim: str = "auto", sim_instance: str | None = None) -> list[str]:
+def unavailable_hints(
+    results: Path,
+    *,
+    sim: str = "auto",
+    sim_instance: str | None = None,
+    driver_options: Mapping[str, str] | None = None,
+) -> list[str]:
     """One line per missing or wrong prerequisite of each unavailable driver, ``driver: line``."""
     down = unavailable_drivers(results)
     if not down:
         return []
     try:
-        report = run_doctor(DoctorOptions(drivers=tuple(down), sim=sim, sim_instance=sim_instance))
+        opts = DoctorOptions(
+            drivers=tuple(down), sim=sim, sim_instance=sim_instance, driver_options=dict(driver_options or {})
+        )
+        report = run_doctor(opts)
     except HarnessError as exc:  # the run's own exit status must not change because of a hint
         return [f"gpuconform doctor could not check {', '.join(down)}: {exc}"]
     lines = [f"  {c.line()}" for c in report.host if c.status.blocking]
