@@ -217,6 +217,7 @@ class FakeSandbox(Sandbox):
         self.modes: dict[str, int] = {}
         self.timeouts: list[float] = []
         self.closed = False
+        self.closes = 0
         self._adapter = adapter
 
     def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
@@ -233,11 +234,13 @@ class FakeSandbox(Sandbox):
         self.modes[path] = mode
 
     def close(self) -> None:
+        self.closes += 1
         if self._adapter.close_error:
             raise InfrastructureError(f"{self.id}: {self._adapter.close_error}")
         if not self.closed:
             self.closed = True
-            self.timings["teardown_s"] = 0.5
+            if self._adapter.teardown_timing:
+                self.timings["teardown_s"] = 0.5
             if not self._adapter.keep_on_close:
                 self._adapter.taken -= self.holds
 
@@ -277,6 +280,7 @@ class FakeAdapter(Adapter):
         all_ids: list[str] | None = None,
         console: str | None = None,
         close_error: str | None = None,
+        teardown_timing: bool = True,
     ) -> None:
         super().__init__(
             AdapterContext(inventory=inv, leases=GpuLeases(Path("/nonexistent/leases")), run_id="unit")
@@ -298,6 +302,8 @@ class FakeAdapter(Adapter):
         self._all_ids = all_ids
         self.console = console
         self.close_error = close_error
+        self.teardown_timing = teardown_timing
+        self.leftover_queries: list[dict[str, str]] = []
         self.provisions: list[dict[str, Any]] = []
         self.taken: frozenset[str] = frozenset()
         self.provisioned: list[FakeSandbox] = []
@@ -313,6 +319,7 @@ class FakeAdapter(Adapter):
         return self._all_ids
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        self.leftover_queries.append(dict(labels))
         return list(self.left_behind)
 
     # -- selection -----------------------------------------------------------------------------
@@ -435,7 +442,7 @@ class FakeAdapter(Adapter):
             }
         )
         chosen = self._select(req)
-        if self.always_hook and image == "busybox-envall":  # class 1: the hook honours the image env
+        if self.always_hook and "busybox-envall" in image:  # class 1: the hook honours the image env
             chosen = list(self.inv.gpus)
         shown, extra_nodes = self.shown(chosen)
         shape = self.shape_for.get(req.shape, self.shape)
@@ -463,7 +470,7 @@ class FakeRuntime:
         self._adapters = {adapter.name: adapter, "host": host}
 
     def image(self, driver: str, kind: str) -> str:
-        return kind
+        return f"localhost/gpuconform-{driver}-{kind}:unit"
 
     def deadline(self) -> Deadline:
         return Deadline(30)

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from conformance.observe import shape_request
+from drivers import leases
+from drivers.request import GpuRequest
 from fixtures.cell import CaseOutcome, Cell
 from reports.evidence import Verdict
 from tests.unit.fakesandbox import make_cell, world
@@ -63,3 +65,59 @@ def test_the_all_shape_uses_the_drivers_all_id_when_it_has_one() -> None:
 def test_an_unknown_shape_is_a_harness_bug_named() -> None:
     with pytest.raises(ValueError, match=r"^unknown sandbox shape 'count'$"):
         shape_request(make_cell("smi.default", world()), "count")
+
+
+def test_own_passes_image_and_env_through_to_the_driver() -> None:
+    adapter = world()
+    cell = make_cell("env.escalation", adapter)
+    cell.own(GpuRequest.default(), image="python", env={"NVIDIA_VISIBLE_DEVICES": "all"})
+    cell.own(GpuRequest.none())
+    assert [(p["image"], p["env"]) for p in adapter.provisions] == [
+        ("localhost/gpuconform-fake-python:unit", {"NVIDIA_VISIBLE_DEVICES": "all"}),
+        ("localhost/gpuconform-fake-busybox-envall:unit", {}),
+    ]
+    assert adapter.provisions[0]["labels"] == {
+        **cell.adapter.ctx.labels,
+        "dev.gpuconform.case": "env.escalation",
+    }
+    assert cell.timings["shared_sandbox"] == 0.0
+    cell.close_own()
+
+
+def test_time_queued_for_a_lease_is_kept_apart_from_provisioning(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([1.00001, 1.2345678])
+    monkeypatch.setattr(leases, "waited_s", lambda: next(clock))
+    adapter = world()
+    cell = make_cell("smi.default", adapter)
+    sandbox = cell.own(GpuRequest.default())
+    assert sandbox.timings == {"provision_s": 0.015, "lease_wait_s": 0.235}
+    assert cell.timings["provision_s"] == 0.015
+
+
+def test_a_released_sandbox_is_closed_once() -> None:
+    adapter = world(teardown_timing=False)
+    cell = make_cell("release", adapter)
+    sandbox = cell.own(GpuRequest.default())
+    cell.release(sandbox)
+    cell.close_own()
+    assert adapter.provisioned[0].closes == 1
+    assert cell.timings["teardown_s"] == 0.0
+
+
+def test_validation_that_accepts_what_it_must_refuse_fails() -> None:
+    cell = make_cell("count.zero", world())
+    with pytest.raises(CaseOutcome) as caught:
+        cell.expect_rejection(GpuRequest.default(), validation=True)
+    assert (caught.value.verdict, caught.value.reason) == (Verdict.FAIL, "validation accepted request 'gpu'")
+    assert cell.parsed == {"expected": "a validation error"}
+
+
+def test_a_validation_refusal_must_name_what_it_must() -> None:
+    cell = make_cell("count.zero", world())
+    with pytest.raises(CaseOutcome) as caught:
+        cell.expect_rejection(GpuRequest.of_count(0), validation=True, must_name="zero")
+    assert caught.value.verdict is Verdict.FAIL
+    assert (
+        caught.value.reason
+        == "rejected, but the error does not name 'zero': gpu count must be greater than 0"
+    )

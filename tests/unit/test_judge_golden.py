@@ -57,8 +57,9 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
             return {
                 "timings": cell.timings,
                 "provisions": adapter.provisions,
+                "leftover_queries": adapter.leftover_queries,
                 "sandboxes": [
-                    {"id": b.id, "closed": b.closed, "timeouts": b.timeouts, "files": b.modes}
+                    {"id": b.id, "closes": b.closes, "timeouts": b.timeouts, "files": b.modes}
                     for b in adapter.provisioned
                 ],
                 "consoles": cell.console_logs(),
@@ -96,6 +97,8 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
         ("teardown/fails-in-case", "release", {"close_error": "stuck"}),
         ("console/kept", "smi.default", {"console": "c" * 5000}),
         ("console/empty", "smi.default", {"console": ""}),
+        ("teardown/untimed-release", "release", {"teardown_timing": False}),
+        ("teardown/untimed-own", "exclusive.concurrent", {"teardown_timing": False}),
     ]
     for key, the_case, stack in extra:
         yield key, runner(the_case, lambda s=stack: world(**s))

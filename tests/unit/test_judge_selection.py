@@ -19,7 +19,7 @@ U = [g.uuid for g in INV.gpus]
 NAME = INV.gpus[0].name
 PASS, FAIL, REJECTED, SKIP = Verdict.PASS, Verdict.FAIL, Verdict.REJECTED, Verdict.SKIP
 INCONCLUSIVE = Verdict.INCONCLUSIVE
-LEFT = ["container gpuconform-unit-1 (exited)"]
+LEFT = ["container gpuconform-unit-1 (exited)", "volume gpuconform-unit-1-scratch"]
 
 TABLE: list[Any] = [
     # count.1 / count.2 / count.max
@@ -54,6 +54,27 @@ TABLE: list[Any] = [
     ),
     # the driver chose (kubernetes): count and inventory membership are all there is to judge
     pytest.param("count.2", {"granted_known": False}, PASS, ["exactly 2"], id="count.2-driver-chose"),
+    pytest.param(
+        "count.2",
+        {"faults": [("uuid-mismatch", 0), ("uuid-mismatch", 1)]},
+        FAIL,
+        ["inventory: GPU-", ", GPU-"],
+        id="count.2-two-foreign",
+    ),
+    pytest.param(
+        "count.2",
+        {"faults": [("missing-gpu", 0), ("missing-gpu", 1)]},
+        FAIL,
+        [f"missing {U[0]}, {U[1]}"],
+        id="count.2-both-missing",
+    ),
+    pytest.param(
+        "count.2",
+        {"shape": Shape(answers={"ls -1 /dev": Answer(0, "null\nnvidiactl\n")})},
+        FAIL,
+        ["missing /dev/nvidia0, /dev/nvidia1"],
+        id="count.2-nodes-missing",
+    ),
     pytest.param(
         "count.2",
         {"granted_known": False, "faults": [("missing-gpu", 1)]},
@@ -97,7 +118,7 @@ TABLE: list[Any] = [
         "count.over",
         {"left_behind": LEFT},
         FAIL,
-        ["rejected, but left behind: container gpuconform-unit-1"],
+        ["rejected, but left behind: container gpuconform-unit-1 (exited), volume gpuconform-unit-1-scratch"],
         id="count.over-leftovers",
     ),
     pytest.param("count.zero", {}, REJECTED, ["rejected by validation", "greater than 0"], id="count.zero"),

@@ -155,6 +155,30 @@ SMI_DEFAULT: list[Any] = [
     ),
     pytest.param({"shape": smi(None)}, ERROR, ["timed out"], id="smi-hangs"),
     pytest.param(
+        {"shape": listing(smi_list([(NAME, U[0]), (NAME, U[1]), (NAME, U[2])]))},
+        FAIL,
+        [f"extra {U[1]}, {U[2]}"],
+        id="two-extra",
+    ),
+    pytest.param(
+        {"shape": Shape(extra_nodes=frozenset({2, 3}))},
+        FAIL,
+        ["extra /dev/nvidia2, /dev/nvidia3"],
+        id="two-extra-nodes",
+    ),
+    pytest.param(
+        {"shape": Shape(answers={"nvidia-smi --query-gpu": Answer(255, "", NVML_UNKNOWN)})},
+        FAIL,
+        ["nvidia-smi --query-gpu: nvidia-smi exited 255"],
+        id="query-fails",
+    ),
+    pytest.param(
+        {"shape": smi(127, "", NOT_FOUND_IN_PATH + " " + "q" * 400, on_path=False)},
+        FAIL,
+        ["not present"],
+        id="smi-absent-long",
+    ),
+    pytest.param(
         {"shape": smi(255, "", NVML_UNKNOWN + " " + "x" * 400)},
         FAIL,
         ["exited 255 (UNKNOWN)"],
