@@ -177,6 +177,9 @@ def _docs() -> dict[str, dict[str, Any]]:
         "sim-two": doc(device(A), device(B), mode="simulated"),
         "zero-ok": {**doc(), "cuda": {"ok": True, "error": None, "device_count": 0}},
         "count-none": {**doc(device(A)), "cuda": {"ok": True, "error": None, "device_count": None}},
+        "sim-flag-only": {**doc(device(A)), "simulated": True},
+        "sim-mode-only": {**doc(device(A), mode="simulated"), "simulated": False},
+        "empty-uuid": doc({**device(A), "uuid": ""}),
     }
 
 
@@ -217,6 +220,7 @@ def _bandwidth_docs() -> dict[str, tuple[dict[str, Any], dict[str, Any], dict[st
         "no-devices": (doc(), doc(), None),
         "simulated": (doc(device(A), mode="simulated"), doc(device(A), mode="simulated"), None),
         "host-simulated": (doc(device(A)), doc(device(A), mode="simulated"), None),
+        "half-gbps": (doc(device(A, h2d=0.5)), doc(device(A, h2d=0.5)), None),
     }
 
 
@@ -240,6 +244,10 @@ def _gaps() -> dict[str, dict[str, Any]]:
         "too-new-driver-down": {**newer, "driver_api": {**newer["driver_api"], "ok": False}},
         "too-new-not-cupy": {**newer, "mode": "driver"},
         "no-stack": doc(device(A)),
+        "libcuda-unnamed": {
+            **with_stack(doc(mode="none", ok=False, error="no CUDA device"), libcuda=False),
+            "stack": {"python": "/usr/bin/python3", "cupy": {}, "libcuda": {"loaded": False}},
+        },
         "simulated": with_stack(doc(device(A), mode="simulated"), cupy="absent"),
     }
 
@@ -268,6 +276,9 @@ def _pure() -> Iterator[tuple[str, Callable[[], Any]]]:
             ),
         )
         yield f"cj/ratios/{bname}", lambda m=mine, h=host: cj.bandwidth_ratios(m, h)
+    bare: dict[str, Any] = {"probe_version": 1}  # bandwidth_ratios reads documents that lack devices
+    yield "cj/ratios/no-devices-key", lambda: cj.bandwidth_ratios(bare, docs["one"])
+    yield "cj/ratios/host-no-devices-key", lambda: cj.bandwidth_ratios(docs["one"], bare)
     for gname, gdoc in _gaps().items():
         for needs_cupy in (False, True):
             for simulated_host in (False, True):
@@ -287,6 +298,7 @@ def _pure() -> Iterator[tuple[str, Callable[[], Any]]]:
     outputs = {
         "empty": "  \n",
         "not-json": "Traceback (most recent call last):",
+        "not-json-long": 'Traceback (most recent call last):\n  File "/tmp/gpuconform/cuda_probe.py", line 1',
         "list": "[1, 2]",
         "old": json.dumps({**docs["one"], "probe_version": 0}),
         "lacking": json.dumps({"probe_version": 1, "mode": "cupy"}),
@@ -353,7 +365,7 @@ def _gates() -> Iterator[tuple[str, Callable[[], Any]]]:
                 def run(c: Any = changes, s: bool = simulated, w: Any = ws) -> Any:
                     d = diff(make_matrix(), make_matrix(c, simulated=s))
                     g = gate(d, w, TODAY)
-                    return {"diff": d.summary(), "gate": g.summary(), "passed": g.passed}
+                    return {"diff": d.summary(), "gate": g.summary(), "passed": g.passed, "kept": g.diff is d}
 
                 yield key, run
     for wname, text in WAIVER_FILES.items():
@@ -391,6 +403,7 @@ WAIVER_FILES: dict[str, str | None] = {
     "no-date.yaml": "- {driver: d, case: c, reason: r}\n",
     "int-date.yaml": "- {driver: d, case: c, reason: r, expires: 20250630}\n",
     "second-bad.yaml": "- {driver: d, case: c, reason: r, expires: 2025-06-30}\n- {driver: e, reason: r}\n",
+    "no-driver.yaml": "- {case: c, reason: r, expires: 2025-06-30}\n",
     "host-blank.yaml": "- {host: '', driver: d, case: c, reason: r, expires: 2025-06-30}\n",
     "missing.yaml": None,
 }
@@ -439,6 +452,12 @@ def _scopes() -> Iterator[tuple[str, Callable[[], Any]]]:
         ).summary(),
         "no-host-map": lambda: diff(base, runner).summary(),
         "no-host-map-sim": lambda: diff(base, make_matrix(host="runner-7", simulated=True)).summary(),
+        "drivers-only-current": lambda: diff(
+            base, make_matrix({("qemu", "smi.default"): P}), drivers=["qemu"]
+        ).summary(),
+        "drivers-only-baseline": lambda: diff(
+            make_matrix({("qemu", "smi.default"): P}), base, drivers=["qemu"]
+        ).summary(),
         "runner-hosts": lambda: diff(base, runner, hosts=["runner-7"]).summary(),
     }
     for name, fn in scopes.items():
