@@ -74,13 +74,15 @@ if [ -d "$FW/manifest" ]; then
 	while read -r kind a b c d; do
 		case "$kind" in
 		node)
-			mkdir -p "$(dirname "$a")"
+			parent=${a%/*} # dirname without a subshell: each fork costs tens of ms under TCG
+			mkdir -p "${parent:-/}"
 			rm -f "$a"
 			mknod "$a" "$b" "$c" "$d" || fatal "mknod $a failed"
 			chmod 0666 "$a"
 			;;
 		file)
-			mkdir -p "$(dirname "$b")"
+			parent=${b%/*}
+			mkdir -p "${parent:-/}"
 			fwcat "$a" >"$b" || fatal "cannot copy fw_cfg $a to $b"
 			chmod "$c" "$b"
 			;;
