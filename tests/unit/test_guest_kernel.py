@@ -92,3 +92,13 @@ def test_the_distribution_kernel_has_a_pvh_entry(tmp_path: Path) -> None:
         bzimage = extracted.read()
     elf = pvh_vmlinux(bzimage)
     assert elf is not None and len(elf) > 4 * len(bzimage) // 2
+
+
+def test_the_boot_shortcuts_leave_what_vfio_needs_alone() -> None:
+    """The command line may skip probing the VM lacks, never ACPI, PCI, MSI, the APIC or the IOMMU."""
+    from fixtures.guestimage import DEFAULT_APPEND
+
+    tokens = DEFAULT_APPEND.split()
+    assert "console=ttyS0" in tokens and "panic=-1" in tokens
+    forbidden = ("acpi=", "noapic", "nolapic", "pci=", "nomsi", "iommu", "lpj=", "nosmp", "maxcpus=")
+    assert not [t for t in tokens if t.startswith(forbidden)], tokens
