@@ -110,7 +110,9 @@ class GpuLeases:
 
     def _lock(self, gpu: GpuRecord) -> FileLock:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.lock_dir / f"{gpu.uuid}.lock"))
+        # Not thread-local: a lease is an owned resource that may be released from another thread
+        # (a reaper, a timer), and each acquisition has its own FileLock object anyway.
+        return FileLock(str(self.lock_dir / f"{gpu.uuid}.lock"), thread_local=False)
 
     def _try_take(self, gpus: Iterable[GpuRecord], n: int) -> Lease | None:
         if n == 0:
