@@ -88,12 +88,17 @@ def test_host_probe_runs_with_the_harness_interpreter_and_judges_without_cupy(
 def test_host_python_option_names_the_interpreter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_lib: Path
 ) -> None:
+    # A wrapper, not a symlink: a symlink to a venv's python outside the venv loses the venv
+    # (pyvenv.cfg is looked up beside the link) and would pass only where the base has numpy.
     link = tmp_path / "bin" / "python3"
     link.parent.mkdir()
-    link.symlink_to(sys.executable)
+    used = tmp_path / "used"
+    link.write_text(f'#!/bin/sh\necho "$0" >> {used}\nexec {sys.executable} "$@"\n')
+    link.chmod(0o755)
     adapter = host(tmp_path, monkeypatch, fake_lib, **{OPT_PYTHON: str(link)})
     doc = probe_on(adapter, GpuRequest.default())
-    assert doc["stack"]["python"] == str(link)  # type: ignore[index]
+    assert used.read_text().split() == [str(link)]  # the probe ran through the named interpreter
+    assert doc["stack"]["python"] == sys.executable  # type: ignore[index]
 
 
 def test_host_python_that_is_not_there_is_a_one_line_reason_with_a_hint(
