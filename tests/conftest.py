@@ -22,6 +22,7 @@ import pytest
 ROOT_MARKER = "root: needs root (mknod, /run/gpuconform, chroot, engines); never skipped under CI"
 _ROOT_REASON = re.compile(r"\broot\b|\bmknod\b", re.IGNORECASE)
 _LACKS_ROOT: pytest.StashKey[list[str]] = pytest.StashKey()
+_CONFIG: list[pytest.Config] = []  # pytest_runtest_logreport is not handed the config
 
 
 def _is_root() -> bool:
@@ -31,6 +32,7 @@ def _is_root() -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", ROOT_MARKER)
     config.stash[_LACKS_ROOT] = []
+    _CONFIG[:] = [config]
 
 
 def _needs_root(item: pytest.Item) -> bool:
@@ -72,8 +74,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         kind = "root-marked" if root else "integration"
         report.longrepr = f"{kind} test skipped under CI=true (setup is broken?): {reason}"
     elif root and not _is_root():
-        item.config.stash[_LACKS_ROOT].append(item.nodeid)
+        report.user_properties.append(("lacks_root", True))  # travels from xdist workers too
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and ("lacks_root", True) in report.user_properties:
+        _CONFIG[0].stash[_LACKS_ROOT].append(report.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
