@@ -3,5 +3,7 @@
 from importlib.metadata import entry_points
 
 pytest_plugins = (
-    [] if any(ep.name == "gpuconform" for ep in entry_points(group="pytest11")) else ["fixtures.plugin"]
+    []
+    if any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
+    else ["gpuconform.fixtures.plugin"]
 )

@@ -45,7 +45,7 @@ def _plugin_module() -> str:
     for ep in entry_points(group="pytest11"):
         if ep.name == "gpuconform":
             return ep.value
-    return "fixtures.plugin"
+    return "gpuconform.fixtures.plugin"
 
 
 def _become_root_for_simulation(argv: Sequence[str]) -> None:
@@ -55,7 +55,7 @@ def _become_root_for_simulation(argv: Sequence[str]) -> None:
         return
     print("gpuconform: the simulated GPU host needs root; re-running with sudo", file=sys.stderr)
     keep = "--preserve-env=GPUCONFORM_STATE,GPUCONFORM_CACHE,GPUCONFORM_RUN_ID,DOCKER_HOST,KUBECONFIG"
-    os.execvp("sudo", ["sudo", keep, sys.executable, "-m", "conformance.cli", *argv])
+    os.execvp("sudo", ["sudo", keep, sys.executable, "-m", "gpuconform.conformance.cli", *argv])
 
 
 def _gpuconform_args(args: argparse.Namespace) -> list[str]:
@@ -92,8 +92,8 @@ def _preflight(args: argparse.Namespace, plugin_argv: Sequence[str]) -> None:
     """
     from _pytest.config.argparsing import Parser
 
-    from fixtures import preflight
-    from fixtures.settings import Settings, add_options
+    from gpuconform.fixtures import preflight
+    from gpuconform.fixtures.settings import Settings, add_options
 
     parser = Parser(_ispytest=True)
     add_options(parser)
@@ -178,7 +178,7 @@ def _print_doctor_hints(results: Path, args: argparse.Namespace) -> None:
     run's exit status: a hint that cannot be computed says so in one line)."""
     if not results.exists():
         return
-    from conformance.doctor.hints import unavailable_hints
+    from gpuconform.conformance.doctor.hints import unavailable_hints
 
     options = dict(item.split("=", 1) for item in args.driver_opt or [] if "=" in item)
     lines = unavailable_hints(results, sim=args.sim, sim_instance=args.sim_instance, driver_options=options)
@@ -188,8 +188,8 @@ def _print_doctor_hints(results: Path, args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The bandwidth-parity benchmark: cuda.bandwidth on each adapter, ratios to the bare host."""
-    from reports.bandwidth import bandwidth_table
-    from reports.evidence import read_results
+    from gpuconform.reports.bandwidth import bandwidth_table
+    from gpuconform.reports.evidence import read_results
 
     args.k = "cuda.bandwidth"
     code = cmd_run(args)
@@ -200,7 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.simgpu.host import SimHost
 
     if args.action == "up":
         sim = SimHost.up(
@@ -232,7 +232,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, *, note: bool = True):  # type: ignore[no-untyped-def]
-    from reports.matrix import MatrixError, load_run
+    from gpuconform.reports.matrix import MatrixError, load_run
 
     try:
         loaded = load_run(Path(path))
@@ -250,7 +250,7 @@ def _partial_label(path: str) -> str:
     """One line saying that ``path`` holds a run cut short (fixtures/outdir.py), or ''."""
     import json
 
-    from fixtures.outdir import partial_of
+    from gpuconform.fixtures.outdir import partial_of
 
     try:
         partial, missing = partial_of(json.loads(Path(path).read_text()))
@@ -264,7 +264,7 @@ def _partial_label(path: str) -> str:
 
 def _refuse_partial(path: str) -> None:
     """A gate judges a whole run: a partial one would pass by leaving out what failed."""
-    from fixtures.preflight import PreflightError
+    from gpuconform.fixtures.preflight import PreflightError
 
     label = _partial_label(path)
     if label:
@@ -272,7 +272,7 @@ def _refuse_partial(path: str) -> None:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from reports.render import render
+    from gpuconform.reports.render import render
 
     matrix, records = _load(args.results, note=args.format not in ("terminal", "md"))
     text = render(matrix, records, args.format, color=sys.stdout.isatty() and args.format == "terminal")
@@ -290,7 +290,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
-    from reports.matrix import merge
+    from gpuconform.reports.matrix import merge
 
     fleet = merge([_load(path)[0] for path in args.inputs])
     Path(args.output).write_text(json.dumps(fleet.to_json(), indent=2, sort_keys=True))
@@ -313,7 +313,7 @@ def _selected_hosts(args: argparse.Namespace) -> list[str] | None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from reports.diff import diff
+    from gpuconform.reports.diff import diff
 
     baseline, current = _load(args.baseline)[0], _load(args.current)[0]
     print(diff(baseline, current, drivers=_selected_drivers(args), hosts=_selected_hosts(args)).summary())
@@ -323,7 +323,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from reports.diff import diff, gate, load_waivers
+    from gpuconform.reports.diff import diff, gate, load_waivers
 
     _refuse_partial(args.current)
     waivers = load_waivers(Path(args.waivers)) if args.waivers else []
@@ -338,7 +338,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Every prerequisite of each requested driver, one line each; 0 only when all are ready."""
     import json
 
-    from conformance.doctor import DoctorOptions, run_doctor
+    from gpuconform.conformance.doctor import DoctorOptions, run_doctor
 
     options: dict[str, str] = {}
     for item in args.driver_opt or []:
@@ -360,7 +360,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from fixtures.reaper import reap_dead_runs
+    from gpuconform.fixtures.reaper import reap_dead_runs
 
     done = reap_dead_runs()
     for line in done:
@@ -371,13 +371,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from fixtures.images import build_all
+    from gpuconform.fixtures.images import build_all
 
     for name, ref in build_all(args.engine.split(","), args.kinds.split(",") if args.kinds else None).items():
         print(f"{name}: {ref}")
     if args.guest:
-        from drivers.base import Deadline
-        from fixtures.guestimage import build_guest_image
+        from gpuconform.drivers.base import Deadline
+        from gpuconform.fixtures.guestimage import build_guest_image
 
         image = build_guest_image(deadline=Deadline(900))
         print(f"qemu guest: kernel {image.kernel}, initrd {image.initrd}")
@@ -385,13 +385,13 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from fixtures.kind.cluster import main as kind_main
+    from gpuconform.fixtures.kind.cluster import main as kind_main
 
     return kind_main([args.action, *[a for a in args.kind_args if a != "--kind"]])
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
-    from drivers.registry import known_drivers
+    from gpuconform.drivers.registry import known_drivers
 
     for name in known_drivers():
         print(name)
@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input or the machine's state: one line, never a traceback."""
-    from drivers.base import HarnessError
+    from gpuconform.drivers.base import HarnessError
 
     return (HarnessError, ValueError, OSError, ImportError)
 

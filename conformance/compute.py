@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from conformance.observe import is_absent
-from drivers.base import ExecResult, Sandbox
-from fixtures.cell import Cell
-from fixtures.simgpu.layout import SANDBOX_SCRATCH
-from workloads import cuda_probe
-from workloads.compute_judge import (
+from gpuconform.conformance.observe import is_absent
+from gpuconform.drivers.base import ExecResult, Sandbox
+from gpuconform.fixtures.cell import Cell
+from gpuconform.fixtures.simgpu.layout import SANDBOX_SCRATCH
+from gpuconform.workloads import cuda_probe
+from gpuconform.workloads.compute_judge import (
     HOST_REMEDY,
     PROBE_IMAGE_REMEDY,
     Judgement,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from drivers.base import ExecResult, Sandbox
-from drivers.request import GpuRequest
-from fixtures.cell import Cell
-from workloads.nvidia_smi import (
+from gpuconform.drivers.base import ExecResult, Sandbox
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import Cell
+from gpuconform.workloads.nvidia_smi import (
     QUERY_FIELDS,
     ListedGpu,
     Value,

@@ -6,13 +6,13 @@ compat library leave NVML fine and CUDA dead), so these cases judge what CUDA it
 
 from __future__ import annotations
 
-from conformance.catalogue import case
-from conformance.compute import apply, gap, run_probe
-from conformance.observe import shape_request
-from drivers.base import Sandbox
-from drivers.request import GpuRequest
-from fixtures.cell import Cell
-from workloads.compute_judge import (
+from gpuconform.conformance.catalogue import case
+from gpuconform.conformance.compute import apply, gap, run_probe
+from gpuconform.conformance.observe import shape_request
+from gpuconform.drivers.base import Sandbox
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import Cell
+from gpuconform.workloads.compute_judge import (
     bandwidth_ratios,
     judge_bandwidth,
     judge_init,

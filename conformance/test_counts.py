@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from conformance.catalogue import case
-from conformance.observe import expect_exactly, shape_request
-from drivers.request import GpuRequest
-from fixtures.cell import Cell
+from gpuconform.conformance.catalogue import case
+from gpuconform.conformance.observe import expect_exactly, shape_request
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import Cell
 
 
 def _count_case(cell: Cell, shape: str) -> None:

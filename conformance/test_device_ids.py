@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conformance.catalogue import case
-from conformance.observe import expect_nodes_of, list_gpus
-from drivers.inventory import GpuRecord
-from drivers.request import GpuRequest
-from fixtures.cell import Cell
+from gpuconform.conformance.catalogue import case
+from gpuconform.conformance.observe import expect_nodes_of, list_gpus
+from gpuconform.drivers.inventory import GpuRecord
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import Cell
 
 
 def _ids(cell: Cell, gpu: GpuRecord) -> list[str]:

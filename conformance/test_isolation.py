@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conformance.catalogue import case
-from conformance.observe import expect_exactly, expect_no_gpu, list_gpus
-from drivers.base import Deadline, DeadlineExceeded, RequestRejected
-from drivers.request import GpuRequest
-from fixtures.cell import Cell
+from gpuconform.conformance.catalogue import case
+from gpuconform.conformance.observe import expect_exactly, expect_no_gpu, list_gpus
+from gpuconform.drivers.base import Deadline, DeadlineExceeded, RequestRejected
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import Cell
 
 THIRD_SANDBOX_WAIT_S = 15.0
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conformance.catalogue import case
-from conformance.observe import (
+from gpuconform.conformance.catalogue import case
+from gpuconform.conformance.observe import (
     device_nodes,
     expect_exactly,
     expect_no_gpu,
@@ -11,7 +11,7 @@ from conformance.observe import (
     query_gpus,
     shape_request,
 )
-from fixtures.cell import Cell
+from gpuconform.fixtures.cell import Cell
 
 COMPARED_FIELDS = (
     ("name", "name"),

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from drivers.inventory import SCHEME_CDI, SCHEME_PCI, GpuRecord, Inventory
-from drivers.request import GpuRequest
+from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_PCI, GpuRecord, Inventory
+from gpuconform.drivers.request import GpuRequest
 
 if TYPE_CHECKING:
-    from drivers.leases import GpuLeases
+    from gpuconform.drivers.leases import GpuLeases
 
 LABEL_PREFIX = "dev.gpuconform"
 LABEL_RUN = f"{LABEL_PREFIX}.run"

@@ -28,8 +28,8 @@ import docker
 import docker.errors
 import requests
 
-from drivers import docker_payload as wire
-from drivers.base import (
+from gpuconform.drivers import docker_payload as wire
+from gpuconform.drivers.base import (
     LABEL_PREFIX,
     LABEL_RUN,
     Adapter,
@@ -44,10 +44,10 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.docker_payload import one_line
-from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, GpuRecord, Inventory, learnt_cdi_inventory
-from drivers.request import GpuRequest
-from drivers.selection import Selection, select_gpus
+from gpuconform.drivers.docker_payload import one_line
+from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, GpuRecord, Inventory, learnt_cdi_inventory
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import Selection, select_gpus
 
 KEEPALIVE = ["sleep", "2147483647"]
 PING_TIMEOUT_S = 3.0
@@ -273,7 +273,7 @@ class DockerAdapter(Adapter):
         explicit = self.ctx.options.get(f"image.{kind}")
         if explicit:
             return explicit
-        from fixtures.images import ensure_image  # built from local packages; only when asked for
+        from gpuconform.fixtures.images import ensure_image  # built from local packages; only when asked for
 
         return ensure_image("docker", kind, docker_host=self.base_url, deadline=Deadline(900))
 

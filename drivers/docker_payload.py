@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from drivers.base import Deadline, HarnessError, Profile, RequestRejected
-from drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, Inventory
-from drivers.request import GpuRequest
+from gpuconform.drivers.base import Deadline, HarnessError, Profile, RequestRejected
+from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, Inventory
+from gpuconform.drivers.request import GpuRequest
 
 GPU_PATH_CDI = "cdi"
 GPU_PATH_LEGACY = "legacy"

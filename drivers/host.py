@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from drivers.base import (
+from gpuconform.drivers.base import (
     Adapter,
     AdapterContext,
     Availability,
@@ -34,11 +34,11 @@ from drivers.base import (
     Profile,
     Sandbox,
 )
-from drivers.inventory import SCHEME_HOST
-from drivers.request import GpuRequest
-from drivers.selection import Selection, select_gpus
-from drivers.subproc import run_command
-from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
+from gpuconform.drivers.inventory import SCHEME_HOST
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import Selection, select_gpus
+from gpuconform.drivers.subproc import run_command
+from gpuconform.fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
 
 NOT_ISOLATED: Expectation = "unsupported"
 OPT_PYTHON = "host.python"

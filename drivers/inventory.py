@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from workloads.cdi_spec import CdiSpec, all_name, load_specs, names_by_gpu, naming_strategies
+from gpuconform.workloads.cdi_spec import CdiSpec, all_name, load_specs, names_by_gpu, naming_strategies
 
 # Id schemes: which family of drivers an id form belongs to.
 SCHEME_CDI = "cdi"  # docker (CDI path), podman: "nvidia.com/gpu=0", "...=GPU-<uuid>"

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.base import Deadline, DeadlineExceeded, DriverUnavailable, InfrastructureError
-from drivers.kube_diag import GPU_RESOURCE, api_error_message, as_plain
+from gpuconform.drivers.base import Deadline, DeadlineExceeded, DriverUnavailable, InfrastructureError
+from gpuconform.drivers.kube_diag import GPU_RESOURCE, api_error_message, as_plain
 
 __all__ = ["GPU_RESOURCE"]
 

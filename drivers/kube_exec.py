@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import ExecResult, InfrastructureError
+from gpuconform.drivers.base import ExecResult, InfrastructureError
 
 STDOUT, STDERR, STATUS = 1, 2, 3
 STDIN_CHUNK = 64 * 1024

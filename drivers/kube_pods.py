@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from drivers.base import (
+from gpuconform.drivers.base import (
     Deadline,
     DeadlineExceeded,
     ExecResult,
@@ -22,9 +22,9 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.kube_diag import GPU_RESOURCE, as_plain, classify_pod, collect_diagnostics
-from drivers.kube_exec import exec_in_pod, put_file_argv
-from drivers.request import GpuRequest
+from gpuconform.drivers.kube_diag import GPU_RESOURCE, as_plain, classify_pod, collect_diagnostics
+from gpuconform.drivers.kube_exec import exec_in_pod, put_file_argv
+from gpuconform.drivers.request import GpuRequest
 
 CONTAINER = "sandbox"
 SLEEP_FOREVER = ("sleep", "2147483647")

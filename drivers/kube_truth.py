@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from drivers.base import InfrastructureError
-from drivers.inventory import GpuRecord, Inventory, records_from_query
-from workloads.nvidia_smi import QUERY_FIELDS, SmiParseError, parse_query
+from gpuconform.drivers.base import InfrastructureError
+from gpuconform.drivers.inventory import GpuRecord, Inventory, records_from_query
+from gpuconform.workloads.nvidia_smi import QUERY_FIELDS, SmiParseError, parse_query
 
 PROBE_FIELDS = (*QUERY_FIELDS, "minor_number")
 

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers import kube_cluster as cluster
-from drivers import kube_truth as truth
-from drivers.base import (
+from gpuconform.drivers import kube_cluster as cluster
+from gpuconform.drivers import kube_truth as truth
+from gpuconform.drivers.base import (
     LABEL_CASE,
     LABEL_RUN,
     Adapter,
@@ -37,9 +37,9 @@ from drivers.base import (
     Profile,
     RequestRejected,
 )
-from drivers.inventory import Inventory
-from drivers.kube_diag import api_error_message, collect_diagnostics, list_events
-from drivers.kube_pods import (
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.kube_diag import api_error_message, collect_diagnostics, list_events
+from gpuconform.drivers.kube_pods import (
     DELETE_WAIT_S,
     PodSandbox,
     StartJudge,
@@ -49,8 +49,8 @@ from drivers.kube_pods import (
     run_namespace,
     wait_running,
 )
-from drivers.request import GpuRequest
-from workloads.nvidia_smi import query_argv
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.workloads.nvidia_smi import query_argv
 
 OPT_KUBECONFIG = "kubernetes.kubeconfig"
 OPT_CONTEXT = "kubernetes.context"

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from drivers.base import Deadline, DeadlineExceeded, RequestRejected
-from drivers.inventory import GpuRecord
+from gpuconform.drivers.base import Deadline, DeadlineExceeded, RequestRejected
+from gpuconform.drivers.inventory import GpuRecord
 
 # Per process: leases held per lock directory, and the seconds spent waiting for leases.
 _HELD: Counter[str] = Counter()

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 
-from drivers.base import (
+from gpuconform.drivers.base import (
     LABEL_PREFIX,
     LABEL_RUN,
     Adapter,
@@ -27,11 +27,11 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.inventory import SCHEME_CDI, GpuRecord, Inventory, learnt_cdi_inventory
-from drivers.orphans import kill_orphans
-from drivers.request import GpuRequest
-from drivers.selection import Selection, select_gpus
-from drivers.subproc import run_command
+from gpuconform.drivers.inventory import SCHEME_CDI, GpuRecord, Inventory, learnt_cdi_inventory
+from gpuconform.drivers.orphans import kill_orphans
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import Selection, select_gpus
+from gpuconform.drivers.subproc import run_command
 
 KEEPALIVE = ("sleep", "2147483647")
 REJECTION_MARKERS = ("unresolvable CDI devices", "failed to inject devices", "unknown CDI device")

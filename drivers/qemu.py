@@ -24,10 +24,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from drivers import pci_bars, vfio
-from drivers import qemu_guest as guest
-from drivers import qemu_vm as vm
-from drivers.base import (
+from gpuconform.drivers import pci_bars, vfio
+from gpuconform.drivers import qemu_guest as guest
+from gpuconform.drivers import qemu_vm as vm
+from gpuconform.drivers.base import (
     LABEL_RUN,
     Adapter,
     AdapterContext,
@@ -42,12 +42,12 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.inventory import SCHEME_PCI, GpuRecord, InventoryError, normalise_pci_bus_id
-from drivers.leases import Lease
-from drivers.qemu_vfio import VfioSite, vfio_sites
-from drivers.request import GpuRequest
-from drivers.ssh import SshError, SshSession, generate_keys
-from fixtures.guestimage import GuestImage
+from gpuconform.drivers.inventory import SCHEME_PCI, GpuRecord, InventoryError, normalise_pci_bus_id
+from gpuconform.drivers.leases import Lease
+from gpuconform.drivers.qemu_vfio import VfioSite, vfio_sites
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.ssh import SshError, SshSession, generate_keys
+from gpuconform.fixtures.guestimage import GuestImage
 
 IMAGE_ENV = {"busybox-envall": {"NVIDIA_VISIBLE_DEVICES": "all"}}  # what that image kind bakes in
 PORT_ATTEMPTS = 3

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import AdapterContext, Deadline, InfrastructureError
-from drivers.inventory import GpuRecord
-from drivers.ssh import SshKeys
-from fixtures.guestimage import DEFAULT_CACHE_DIR, GuestImage, build_guest_image, build_python_disk
-from fixtures.simgpu import layout
+from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError
+from gpuconform.drivers.inventory import GpuRecord
+from gpuconform.drivers.ssh import SshKeys
+from gpuconform.fixtures.guestimage import DEFAULT_CACHE_DIR, GuestImage, build_guest_image, build_python_disk
+from gpuconform.fixtures.simgpu import layout
 
 SUPPLIED_APPEND = "console=ttyS0 panic=-1"
 PYDISK_FLAG = "gpuconform.pydisk"
@@ -73,7 +73,7 @@ def guest_payload(injections: Iterable[Mapping[str, Any]]) -> GuestPayload:
 
 def sim_payload(ctx: AdapterContext, gpus: Sequence[GpuRecord]) -> GuestPayload:
     """The payload for ``gpus`` from the simulated host of this run (``sim.root``, or by instance)."""
-    from fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.simgpu.host import SimHost
 
     root = ctx.options.get("sim.root")
     instance = ctx.inventory.cdi_kind.rsplit("/", 1)[-1]
@@ -132,7 +132,7 @@ def boot_disks(
     if rootfs:
         tarball = Path(rootfs)
     else:
-        from fixtures.images import rootfs_tarball  # builds it with debootstrap on first use
+        from gpuconform.fixtures.images import rootfs_tarball  # builds it with debootstrap on first use
 
         tarball = rootfs_tarball("python", deadline)
     cache = Path(options.get("qemu.guest_cache") or DEFAULT_CACHE_DIR)

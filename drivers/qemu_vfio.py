@@ -16,8 +16,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from drivers import vfio
-from drivers.base import AdapterContext, Deadline, InfrastructureError
+from gpuconform.drivers import vfio
+from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError
 
 REAL_STATE = Path("/var/lib/gpuconform/vfio-bindings.json")
 FAKE_TREE_DIR = "fake-sysfs"
@@ -35,7 +35,7 @@ class VfioSite:
         """The fake tree needs its FakeKernel to give writes meaning; the real one has the kernel."""
         if not self.fake:
             return None, time.sleep
-        from fixtures.fakesysfs import FakeKernel, FakeSysfs
+        from gpuconform.fixtures.fakesysfs import FakeKernel, FakeSysfs
 
         kernel = FakeKernel(FakeSysfs.load(self.sysfs_root))
         return kernel, kernel.sleep
@@ -108,7 +108,7 @@ class VfioSite:
 
 def _fake_tree(ctx: AdapterContext, root: Path, create: bool) -> bool:
     """Whether the fake tree exists (building it from the inventory first when ``create``)."""
-    from fixtures.fakesysfs import META, FakeSysfs
+    from gpuconform.fixtures.fakesysfs import META, FakeSysfs
 
     if (root / META).exists():
         return True

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers import pci_bars
-from drivers.base import InfrastructureError
+from gpuconform.drivers import pci_bars
+from gpuconform.drivers.base import InfrastructureError
 
 NAME_PREFIX = "gpuconform-"
 FW_CFG_PREFIX = "opt/gpuconform"

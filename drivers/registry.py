@@ -9,20 +9,20 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from drivers.base import Adapter, AdapterContext, HarnessError
+from gpuconform.drivers.base import Adapter, AdapterContext, HarnessError
 
 BUILTIN: dict[str, str] = {
-    "host": "drivers.host:HostAdapter",
-    "podman": "drivers.podman:PodmanAdapter",
-    "docker-legacy": "drivers.docker:DockerLegacyAdapter",
-    "docker-cdi": "drivers.docker:DockerCdiAdapter",
-    "kubernetes": "drivers.kubernetes:KubernetesAdapter",
-    "qemu": "drivers.qemu:QemuAdapter",
-    "qemu-single": "drivers.qemu:QemuSingleAdapter",
+    "host": "gpuconform.drivers.host:HostAdapter",
+    "podman": "gpuconform.drivers.podman:PodmanAdapter",
+    "docker-legacy": "gpuconform.drivers.docker:DockerLegacyAdapter",
+    "docker-cdi": "gpuconform.drivers.docker:DockerCdiAdapter",
+    "kubernetes": "gpuconform.drivers.kubernetes:KubernetesAdapter",
+    "qemu": "gpuconform.drivers.qemu:QemuAdapter",
+    "qemu-single": "gpuconform.drivers.qemu:QemuSingleAdapter",
 }
 # Names kept for compatibility: accepted by --drivers and reaped, never a column of a default run
 # (it would repeat its target's column). ``docker`` is ``docker-legacy`` (drivers.docker_payload).
-ALIASES: dict[str, str] = {"docker": "drivers.docker:DockerAdapter"}
+ALIASES: dict[str, str] = {"docker": "gpuconform.drivers.docker:DockerAdapter"}
 ENTRY_POINT_GROUP = "gpuconform.adapters"
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.base import AdapterContext, Deadline, RequestRejected
-from drivers.inventory import GpuRecord, Inventory
-from drivers.leases import Lease
-from drivers.request import GpuRequest
+from gpuconform.drivers.base import AdapterContext, Deadline, RequestRejected
+from gpuconform.drivers.inventory import GpuRecord, Inventory
+from gpuconform.drivers.leases import Lease
+from gpuconform.drivers.request import GpuRequest
 
 
 @dataclass

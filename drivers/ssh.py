@@ -23,7 +23,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from drivers.base import Deadline, DeadlineExceeded, ExecResult, InfrastructureError
+from gpuconform.drivers.base import Deadline, DeadlineExceeded, ExecResult, InfrastructureError
 
 RETRY_INTERVAL_S = 0.1  # a probe is one loopback connect; a shorter wait gets to a new sshd sooner
 ATTEMPT_TIMEOUT_S = 10.0

@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from drivers.base import ExecResult
+from gpuconform.drivers.base import ExecResult
 
 
 def run_command(

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from drivers.base import Deadline
-from drivers.inventory import InventoryError, normalise_pci_bus_id
-from drivers.vfio_holders import holders
-from drivers.vfio_state import (
+from gpuconform.drivers.base import Deadline
+from gpuconform.drivers.inventory import InventoryError, normalise_pci_bus_id
+from gpuconform.drivers.vfio_holders import holders
+from gpuconform.drivers.vfio_state import (
     Binding,
     BindingState,
     DeviceRecord,

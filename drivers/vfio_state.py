@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeadlineExceeded, HarnessError
+from gpuconform.drivers.base import DeadlineExceeded, HarnessError
 
 STATE_FILE = "vfio-bindings.json"
 SCHEMA = 1

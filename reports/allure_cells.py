@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reports.evidence import Evidence, Verdict
+from gpuconform.reports.evidence import Evidence, Verdict
 
 #: Allure status per verdict. The verdict word itself is kept in the ``verdict`` label, a tag and
 #: the status message, so ``rejected`` is never just "passed" to a reader.

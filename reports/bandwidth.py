@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reports.evidence import Evidence
+from gpuconform.reports.evidence import Evidence
 
 METRICS = ("h2d_gbps", "d2h_gbps", "d2d_gbps")
 

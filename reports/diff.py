@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from reports.evidence import Verdict
-from reports.matrix import Cell, CellKey, Matrix
+from gpuconform.reports.evidence import Verdict
+from gpuconform.reports.matrix import Cell, CellKey, Matrix
 
 
 @dataclass(frozen=True)

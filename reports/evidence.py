@@ -109,7 +109,7 @@ def write_results(
     about 1 ms per record, so a writer that rewrites the file after every cell may leave it off
     and let the final write check.
     """
-    from reports.schemas import validate
+    from gpuconform.reports.schemas import validate
 
     doc = {"schema": SCHEMA_VERSION, **meta, "records": [r.to_json() for r in records]}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reports.evidence import Evidence, Verdict
-from reports.matrix import case_order, driver_order
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.matrix import case_order, driver_order
 
 # XML 1.0 cannot carry most control characters; sandbox output may contain them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.catalogue import CATALOGUE as CASES
-from reports.evidence import Evidence, EvidenceError, Verdict, read_results
-from reports.schemas import SchemaError, kind_of, validate
+from gpuconform.conformance.catalogue import CATALOGUE as CASES
+from gpuconform.reports.evidence import Evidence, EvidenceError, Verdict, read_results
+from gpuconform.reports.schemas import SchemaError, kind_of, validate
 
 MATRIX_FORMAT = "gpuconform-matrix"
 MATRIX_SCHEMA = 1
@@ -54,7 +54,7 @@ def registry_order() -> tuple[str, ...]:
     compatibility alias just before the first built-in of the same module (``docker`` before
     ``docker-legacy``), so a new adapter gets its column by being registered, not by editing here.
     """
-    from drivers.registry import ALIASES, BUILTIN
+    from gpuconform.drivers.registry import ALIASES, BUILTIN
 
     order: list[str] = []
     for name, target in BUILTIN.items():

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from reports.evidence import Evidence
-from reports.matrix import Matrix, MatrixError, build_matrix
-from reports.render_html import render_html
-from reports.render_md import render_markdown
-from reports.render_terminal import render_terminal
+from gpuconform.reports.evidence import Evidence
+from gpuconform.reports.matrix import Matrix, MatrixError, build_matrix
+from gpuconform.reports.render_html import render_html
+from gpuconform.reports.render_md import render_markdown
+from gpuconform.reports.render_terminal import render_terminal
 
 Format = Literal["md", "html", "json", "terminal"]
 FORMATS: tuple[str, ...] = ("md", "html", "json", "terminal")

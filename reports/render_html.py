@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from reports.evidence import Evidence, Verdict
-from reports.matrix import Cell, CellKey, Matrix
-from reports.render_md import (
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.matrix import Cell, CellKey, Matrix
+from gpuconform.reports.render_md import (
     NOT_RUN,
     SUMMARY_ORDER,
     availability,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from reports.evidence import Verdict
-from reports.matrix import Cell, Matrix
+from gpuconform.reports.evidence import Verdict
+from gpuconform.reports.matrix import Cell, Matrix
 
 SYMBOLS: Mapping[Verdict, str] = {
     Verdict.PASS: "✅",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reports.evidence import Verdict
-from reports.matrix import Cell, Matrix
-from reports.render_md import simulated_banner, summary_text
+from gpuconform.reports.evidence import Verdict
+from gpuconform.reports.matrix import Cell, Matrix
+from gpuconform.reports.render_md import simulated_banner, summary_text
 
 _ANSI: Mapping[Verdict, str] = {
     Verdict.PASS: "32",

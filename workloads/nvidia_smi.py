@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeAlias
 
-from drivers.inventory import InventoryError, normalise_pci_bus_id
+from gpuconform.drivers.inventory import InventoryError, normalise_pci_bus_id
 
 _HEX_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 GPU_UUID_RE = re.compile(rf"GPU-{_HEX_UUID}")

@@ -14,4 +14,4 @@ if [ ! -e /usr/include/stdio.h ]; then
   echo "10-sim-nvidia-smi: no C library headers (apt-get install libc6-dev)" >&2
   exit 1
 fi
-python3 -m fixtures.simgpu.smi_build
+python3 -m gpuconform.fixtures.simgpu.smi_build

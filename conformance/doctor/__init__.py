@@ -7,7 +7,7 @@ checks (``engines``, ``cdi_lint``, ``cluster``, ``vm``) and returns a ``DoctorRe
 
 from __future__ import annotations
 
-from conformance.doctor.model import Check, DoctorReport, DriverReport, Status
-from conformance.doctor.runner import DoctorOptions, run_doctor
+from gpuconform.conformance.doctor.model import Check, DoctorReport, DriverReport, Status
+from gpuconform.conformance.doctor.runner import DoctorOptions, run_doctor
 
 __all__ = ["Check", "DoctorOptions", "DoctorReport", "DriverReport", "Status", "run_doctor"]

@@ -13,10 +13,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from conformance.doctor.engines import CDI_MIN_VERSION, Engine, version_tuple
-from conformance.doctor.model import Check, missing, note, ok, wrong
-from drivers.inventory import Inventory
-from workloads.cdi_spec import (
+from gpuconform.conformance.doctor.engines import CDI_MIN_VERSION, Engine, version_tuple
+from gpuconform.conformance.doctor.model import Check, missing, note, ok, wrong
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.workloads.cdi_spec import (
     CdiDevice,
     CdiSpec,
     ContainerEdits,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.doctor.hostfacts import HostFacts
-from conformance.doctor.model import Check, missing, note, ok, wrong
-from drivers.subproc import run_command
+from gpuconform.conformance.doctor.hostfacts import HostFacts
+from gpuconform.conformance.doctor.model import Check, missing, note, ok, wrong
+from gpuconform.drivers.subproc import run_command
 
 TIMEOUT_S = 10.0
 
@@ -50,9 +50,14 @@ def kubernetes_checks(facts: HostFacts, kubeconfig: str | None, context: str | N
 def _real_cluster(kubeconfig: str | None, context: str | None) -> list[Check]:
     from kubernetes import client
 
-    from drivers.base import HarnessError
-    from drivers.kube_cluster import DEVICE_PLUGIN_SELECTORS, gpu_nodes, load_configuration, server_versions
-    from drivers.kube_diag import api_error_message
+    from gpuconform.drivers.base import HarnessError
+    from gpuconform.drivers.kube_cluster import (
+        DEVICE_PLUGIN_SELECTORS,
+        gpu_nodes,
+        load_configuration,
+        server_versions,
+    )
+    from gpuconform.drivers.kube_diag import api_error_message
 
     try:
         api = client.ApiClient(load_configuration(kubeconfig, context))

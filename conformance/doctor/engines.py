@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conformance.doctor.hostfacts import HostFacts
-from conformance.doctor.model import Check, missing, note, ok, wrong
-from drivers.base import HarnessError
-from drivers.subproc import run_command
+from gpuconform.conformance.doctor.hostfacts import HostFacts
+from gpuconform.conformance.doctor.model import Check, missing, note, ok, wrong
+from gpuconform.drivers.base import HarnessError
+from gpuconform.drivers.subproc import run_command
 
 ENGINE_TIMEOUT_S = 15.0
 HOOK_NAME = "nvidia-container-runtime-hook"
@@ -154,7 +154,7 @@ def engine_lines(
 
 
 def _sim_docker_checks(facts: HostFacts, path: str) -> tuple[list[Check], Engine | None]:
-    from fixtures.simgpu import dockerd
+    from gpuconform.fixtures.simgpu import dockerd
 
     checks: list[Check] = []
     try:

@@ -10,8 +10,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from conformance.doctor.runner import DoctorOptions, run_doctor
-from drivers.base import HarnessError
+from gpuconform.conformance.doctor.runner import DoctorOptions, run_doctor
+from gpuconform.drivers.base import HarnessError
 
 
 def unavailable_drivers(results: Path) -> list[str]:

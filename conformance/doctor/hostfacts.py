@@ -10,11 +10,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance.doctor.model import Check, missing, note, ok, wrong
-from drivers.inventory import Inventory
-from drivers.subproc import run_command
-from fixtures.hostgpus import NvidiaPresence, detect_nvidia
-from workloads.nvidia_smi import SmiParseError, parse_list
+from gpuconform.conformance.doctor.model import Check, missing, note, ok, wrong
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.subproc import run_command
+from gpuconform.fixtures.hostgpus import NvidiaPresence, detect_nvidia
+from gpuconform.workloads.nvidia_smi import SmiParseError, parse_list
 
 SYSFS = Path("/sys")
 SMI_TIMEOUT_S = 20.0

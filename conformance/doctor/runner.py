@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance.doctor import cdi_lint, cluster, engines, vm
-from conformance.doctor.hostfacts import DEFAULT_CDI_DIRS, HostFacts, host_checks
-from conformance.doctor.model import Check, DoctorReport, DriverReport, note, wrong
-from drivers.base import HarnessError
+from gpuconform.conformance.doctor import cdi_lint, cluster, engines, vm
+from gpuconform.conformance.doctor.hostfacts import DEFAULT_CDI_DIRS, HostFacts, host_checks
+from gpuconform.conformance.doctor.model import Check, DoctorReport, DriverReport, note, wrong
+from gpuconform.drivers.base import HarnessError
 
 DEFAULT_SIM_PROFILE = "h100x4"
 
@@ -35,7 +35,7 @@ class DoctorOptions:
 
 
 def run_doctor(opts: DoctorOptions) -> DoctorReport:
-    from drivers.registry import known_drivers
+    from gpuconform.drivers.registry import known_drivers
 
     names = opts.drivers or tuple(known_drivers())
     unknown = sorted(set(names) - set(known_drivers()))
@@ -119,8 +119,8 @@ def _driver_checks(
 @contextlib.contextmanager
 def _facts(opts: DoctorOptions) -> Iterator[HostFacts]:
     """The real host, an existing simulated instance, or one brought up (and down) for the check."""
-    from fixtures.environment import discover_real_inventory
-    from fixtures.simgpu.host import DEFAULT_SIM_BASE, SimHost
+    from gpuconform.fixtures.environment import discover_real_inventory
+    from gpuconform.fixtures.simgpu.host import DEFAULT_SIM_BASE, SimHost
 
     dirs = opts.cdi_dirs or DEFAULT_CDI_DIRS
     if opts.sim_instance:
@@ -146,7 +146,7 @@ def _facts(opts: DoctorOptions) -> Iterator[HostFacts]:
 
 
 def _sim_facts(sim: object, dirs: tuple[Path, ...], label: str) -> HostFacts:
-    from fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.simgpu.host import SimHost
 
     assert isinstance(sim, SimHost)
     spec_dir = sim.cdi_spec_path.parent

@@ -11,10 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
-from conformance.doctor.hostfacts import HostFacts
-from conformance.doctor.model import Check, missing, note, ok, wrong
-from drivers.subproc import run_command
-from drivers.vfio import discover
+from gpuconform.conformance.doctor.hostfacts import HostFacts
+from gpuconform.conformance.doctor.model import Check, missing, note, ok, wrong
+from gpuconform.drivers.subproc import run_command
+from gpuconform.drivers.vfio import discover
 
 KVM_GET_API_VERSION = 0xAE00
 TIMEOUT_S = 15.0
@@ -42,7 +42,7 @@ def qemu_checks(facts: HostFacts, binary: str = "qemu-system-x86_64") -> list[Ch
 
 def _guest() -> list[Check]:
     """What the guest image is built from (fixtures/guestimage.py), and whether one is cached."""
-    from fixtures.guestimage import BUSYBOX, DEFAULT_CACHE_DIR, DROPBEAR
+    from gpuconform.fixtures.guestimage import BUSYBOX, DEFAULT_CACHE_DIR, DROPBEAR
 
     out = []
     for path, package in ((BUSYBOX, "busybox-static"), (DROPBEAR, "dropbear-bin")):

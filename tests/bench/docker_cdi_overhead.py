@@ -28,12 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from drivers.base import AdapterContext, Deadline
-from drivers.docker import DockerCdiAdapter
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
-from fixtures.simgpu.dockerd import PrivateDockerd
-from fixtures.simgpu.host import SimHost
+from gpuconform.drivers.base import AdapterContext, Deadline
+from gpuconform.drivers.docker import DockerCdiAdapter
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.simgpu.dockerd import PrivateDockerd
+from gpuconform.fixtures.simgpu.host import SimHost
 
 CLI_TIMEOUT_S = 60
 

@@ -28,7 +28,7 @@ def run_matrix(workers: int, sim: str, extra: list[str], out: Path) -> float:
     argv = [
         sys.executable,
         "-m",
-        "conformance.cli",
+        "gpuconform.conformance.cli",
         "run",
         "--sim",
         sim,

@@ -28,11 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from drivers.base import AdapterContext, Deadline  # noqa: E402
-from drivers.leases import GpuLeases  # noqa: E402
-from drivers.qemu import QemuAdapter, QemuSandbox  # noqa: E402
-from drivers.request import GpuRequest  # noqa: E402
-from fixtures.simgpu.host import SimHost  # noqa: E402
+from gpuconform.drivers.base import AdapterContext, Deadline  # noqa: E402
+from gpuconform.drivers.leases import GpuLeases  # noqa: E402
+from gpuconform.drivers.qemu import QemuAdapter, QemuSandbox  # noqa: E402
+from gpuconform.drivers.request import GpuRequest  # noqa: E402
+from gpuconform.fixtures.simgpu.host import SimHost  # noqa: E402
 
 GUEST_MARK = re.compile(r"gpuconform-guest: (userspace up|starting sshd) after ([0-9.]+)s")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from conformance.catalogue import CATALOGUE
-from reports.evidence import Evidence, Verdict
-from reports.matrix import build_matrix, merge
-from reports.render_html import render_html
+from gpuconform.conformance.catalogue import CATALOGUE
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.matrix import build_matrix, merge
+from gpuconform.reports.render_html import render_html
 
 pytestmark = pytest.mark.integration  # under CI a skip (no chromium, no selenium) is a failure
 

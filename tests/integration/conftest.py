@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Deadline
-from fixtures.images import ensure_image
-from fixtures.simgpu.podman_config import PodmanConfigError, ensure_containers_conf, podman_info_ok
+from gpuconform.drivers.base import Deadline
+from gpuconform.fixtures.images import ensure_image
+from gpuconform.fixtures.simgpu.podman_config import PodmanConfigError, ensure_containers_conf, podman_info_ok
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -44,7 +44,7 @@ def repo(tmp_path: Path, image: str) -> tuple[Path, dict[str, str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "gpuconform"
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m conformance.cli "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m gpuconform.conformance.cli "$@"\n')
     shim.chmod(0o755)
     work = tmp_path / "repo"
     work.mkdir()

@@ -91,7 +91,11 @@ def test_sigkill_leftovers_are_removed_by_gc(tmp_path: Path) -> None:
     proc.wait(timeout=60)
     assert _ours() or _sim_specs() != before[0], "nothing was left to collect; the test proves nothing"
     gc = subprocess.run(
-        [sys.executable, "-m", "conformance.cli", "gc"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gpuconform.conformance.cli", "gc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert gc.returncode == 0, gc.stderr
     assert not _ours(), gc.stdout
@@ -139,7 +143,11 @@ def test_sigkill_of_a_docker_cdi_run_leaves_engine_26_to_gc(tmp_path: Path) -> N
     containers, procs, data_root = _engine26(run_id)
     assert containers and procs and data_root, "nothing was left to collect; the test proves nothing"
     gc = subprocess.run(
-        [sys.executable, "-m", "conformance.cli", "gc"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gpuconform.conformance.cli", "gc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert gc.returncode == 0, gc.stderr
     assert "stopped private dockerd-cdi" in gc.stdout, gc.stdout
@@ -151,10 +159,10 @@ def test_sigkill_of_a_docker_cdi_run_leaves_engine_26_to_gc(tmp_path: Path) -> N
 def test_gc_stops_a_dockerd_whose_run_died_before_recording_it() -> None:
     """A run killed during bring-up leaves daemons that no env.json names: gc finds them under
     the dead simulated host's instance, stops them and purges their data roots."""
-    from drivers.base import Deadline
-    from fixtures.reaper import reap_dead_runs
-    from fixtures.simgpu.dockerd import PrivateDockerd
-    from fixtures.simgpu.host import SimHost
+    from gpuconform.drivers.base import Deadline
+    from gpuconform.fixtures.reaper import reap_dead_runs
+    from gpuconform.fixtures.simgpu.dockerd import PrivateDockerd
+    from gpuconform.fixtures.simgpu.host import SimHost
 
     dead = subprocess.Popen(["true"])
     dead.wait(timeout=10)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from conformance.catalogue import CATALOGUE
-from fixtures.simgpu.profiles import sim_uuid
+from gpuconform.conformance.catalogue import CATALOGUE
+from gpuconform.fixtures.simgpu.profiles import sim_uuid
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import docker
 import pytest
 
-from drivers.base import LABEL_RUN, AdapterContext, Deadline, RequestRejected
-from drivers.docker import DockerAdapter, DockerLegacyAdapter
-from drivers.inventory import Inventory, default_native_ids
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
-from fixtures.simgpu.dockerd import DockerdError, PrivateDockerd
-from fixtures.simgpu.host import SimHost
+from gpuconform.drivers.base import LABEL_RUN, AdapterContext, Deadline, RequestRejected
+from gpuconform.drivers.docker import DockerAdapter, DockerLegacyAdapter
+from gpuconform.drivers.inventory import Inventory, default_native_ids
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.simgpu.dockerd import DockerdError, PrivateDockerd
+from gpuconform.fixtures.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 UUID_LINE = re.compile(r"^GPU \d+: .+ \(UUID: (GPU-[0-9a-f-]+)\)$")

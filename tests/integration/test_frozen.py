@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers import qemu_vm as vm
+from gpuconform.drivers import qemu_vm as vm
 from tests.integration.conftest import REPO
 from tests.integration.test_kill import STATE_BASE, leftovers
 
@@ -71,7 +71,8 @@ def _frozen_run(
     run_id = f"frz{secrets.token_hex(4)}"
     out = tmp_path / "out"
     argv = [
-        sys.executable, "-m", "conformance.cli", "run", "--drivers", column, "--require-driver", column,
+        sys.executable, "-m", "gpuconform.conformance.cli",
+        "run", "--drivers", column, "--require-driver", column,
         "-n", "0", "-k", selection, "--out", str(out), *options,
         "--", "--provision-timeout", PROVISION_S, "--lease-dir", str(tmp_path / "leases"),
     ]  # fmt: skip
@@ -110,7 +111,10 @@ def _frozen_run(
     left = leftovers(run_id)
     if left:  # clean up for the next test, then fail
         subprocess.run(
-            [sys.executable, "-m", "conformance.cli", "gc"], cwd=REPO, capture_output=True, timeout=300
+            [sys.executable, "-m", "gpuconform.conformance.cli", "gc"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=300,
         )
     assert left == [], f"{column}: the run's own teardown left {left}\n{output[-3000:]}"
     assert proc.returncode == 1, output[-3000:]

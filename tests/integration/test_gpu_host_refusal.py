@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.environment import ROOT_VARIABLES
-from fixtures.fakesysfs import FakeSysfs
-from fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.environment import ROOT_VARIABLES
+from gpuconform.fixtures.fakesysfs import FakeSysfs
+from gpuconform.fixtures.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_run_on_a_gpu_host_with_a_failing_nvidia_smi_errors_every_cell_and_simul
         ROOT_VARIABLES[0]: str(tree.root),
         ROOT_VARIABLES[1]: str(dev),
     }
-    argv = [sys.executable, "-m", "conformance.cli", "run", "--drivers", "host,podman"]
+    argv = [sys.executable, "-m", "gpuconform.conformance.cli", "run", "--drivers", "host,podman"]
     proc = subprocess.run(
         [*argv, "-k", "smi.default or smi.none", "--out", str(out), "-n", "0"],
         cwd=REPO,

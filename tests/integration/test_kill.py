@@ -107,7 +107,8 @@ def test_sigkill_at_random_moments_then_gc_leaves_nothing(tmp_path: Path) -> Non
         run_id = f"kill{round_no}{secrets.token_hex(3)}"
         after = rng.uniform(2, 20)
         argv = [
-            sys.executable, "-m", "conformance.cli", "run", "--drivers", column, "--require-driver", column,
+            sys.executable, "-m", "gpuconform.conformance.cli",
+            "run", "--drivers", column, "--require-driver", column,
             "-n", "2" if round_no % 2 else "0", "-k", selection, "--out", str(out),
             "--", "--lease-dir", str(tmp_path / "leases"),
         ]  # fmt: skip
@@ -128,7 +129,7 @@ def test_sigkill_at_random_moments_then_gc_leaves_nothing(tmp_path: Path) -> Non
         bound = vfio_bindings(run_id)
         held += [f"VFIO binding {bdf}" for bdf in bound]
         gc = subprocess.run(
-            [sys.executable, "-m", "conformance.cli", "gc"],
+            [sys.executable, "-m", "gpuconform.conformance.cli", "gc"],
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert gc.returncode == 0, gc.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import (
+from gpuconform.drivers.base import (
     LABEL_CASE,
     LABEL_RUN,
     AdapterContext,
@@ -24,11 +24,11 @@ from drivers.base import (
     InfrastructureError,
     RequestRejected,
 )
-from drivers.kubernetes import DEVICE_IDS_UNSUPPORTED, KubernetesAdapter
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
-from fixtures.kubedouble import KubeDouble
-from fixtures.simgpu.host import SimHost
+from gpuconform.drivers.kubernetes import DEVICE_IDS_UNSUPPORTED, KubernetesAdapter
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.kubedouble import KubeDouble
+from gpuconform.fixtures.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 COUNT_OVER_BOUND_S = 5.0  # what this test holds count.over to against the double

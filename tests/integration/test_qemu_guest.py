@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from drivers import qemu_vm as vm
-from drivers.base import AdapterContext, Deadline
-from drivers.leases import GpuLeases
-from drivers.qemu import QemuAdapter, QemuSandbox
-from drivers.request import GpuRequest
-from fixtures.fakesysfs import FakeSysfs
-from fixtures.guestimage import build_guest_image
-from fixtures.simgpu.host import SimHost
-from workloads.nvidia_smi import parse_list
+from gpuconform.drivers import qemu_vm as vm
+from gpuconform.drivers.base import AdapterContext, Deadline
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.qemu import QemuAdapter, QemuSandbox
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.fakesysfs import FakeSysfs
+from gpuconform.fixtures.guestimage import build_guest_image
+from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.workloads.nvidia_smi import parse_list
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -114,11 +114,11 @@ def test_vm_with_two_gpus_sees_exactly_them_and_teardown_leaves_nothing(sim: Sim
 CHILD = """
 import sys, time
 from pathlib import Path
-from drivers.base import AdapterContext, Deadline
-from drivers.leases import GpuLeases
-from drivers.qemu import QemuAdapter
-from drivers.request import GpuRequest
-from fixtures.simgpu.host import SimHost
+from gpuconform.drivers.base import AdapterContext, Deadline
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.qemu import QemuAdapter
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.simgpu.host import SimHost
 sim_root, tmp, run_id = sys.argv[1:4]
 sim = SimHost.load(Path(sim_root))
 ctx = AdapterContext(sim.inventory, GpuLeases(Path(tmp) / "leases"), run_id=run_id,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from reports.schemas import validate
+from gpuconform.reports.schemas import validate
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,8 @@ def faulty_run(image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     base = tmp_path_factory.mktemp("reports")
     out, allure_dir = base / "out", base / "allure"
     argv = [
-        sys.executable, "-m", "conformance.cli", "run", "--drivers", "podman", "--require-driver", "podman",
+        sys.executable, "-m", "gpuconform.conformance.cli",
+        "run", "--drivers", "podman", "--require-driver", "podman",
         "--sim", "h100x4", "--sim-fault", FAULT, "-k", "smi.default or count.over", "-n", "0",
         "--out", str(out), "--allure", str(allure_dir), "--", "--lease-dir", str(base / "leases"),
     ]  # fmt: skip
@@ -125,7 +126,7 @@ def test_results_matrix_and_fleet_files_validate_and_a_broken_one_is_refused(
     validate(faulty_run["results"], "results", "results.json")
     validate(json.loads((out / "matrix.json").read_text()), "matrix", "matrix.json")
     fleet = base / "fleet.json"
-    cli = [sys.executable, "-m", "conformance.cli"]
+    cli = [sys.executable, "-m", "gpuconform.conformance.cli"]
     merged = subprocess.run(
         [*cli, "merge", str(out / "results.json"), "-o", str(fleet)],
         capture_output=True,

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.base import Deadline
-from fixtures.images import ensure_image
-from fixtures.simgpu import cdi
-from fixtures.simgpu.host import DEFAULT_CDI_DIR, SimHost
-from fixtures.simgpu.layout import NVML_SONAME
+from gpuconform.drivers.base import Deadline
+from gpuconform.fixtures.images import ensure_image
+from gpuconform.fixtures.simgpu import cdi
+from gpuconform.fixtures.simgpu.host import DEFAULT_CDI_DIR, SimHost
+from gpuconform.fixtures.simgpu.layout import NVML_SONAME
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 120
@@ -125,7 +125,7 @@ def test_injected_files_are_read_only(host: SimHost, image: str) -> None:
 
 
 def test_parsers_accept_the_output_seen_in_a_container(host: SimHost, image: str) -> None:
-    smi = pytest.importorskip("workloads.nvidia_smi")
+    smi = pytest.importorskip("gpuconform.workloads.nvidia_smi")
     proc = podman_run(
         image,
         [f"{host.cdi_kind}=all"],

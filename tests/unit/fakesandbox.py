@@ -22,9 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from conformance import test_compute, test_counts, test_device_ids, test_isolation, test_visibility
-from conformance.catalogue import BY_ID
-from drivers.base import (
+from gpuconform.conformance import test_compute, test_counts, test_device_ids, test_isolation, test_visibility
+from gpuconform.conformance.catalogue import BY_ID
+from gpuconform.drivers.base import (
     Adapter,
     AdapterContext,
     Availability,
@@ -35,15 +35,15 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.inventory import SCHEME_LEGACY, GpuRecord, Inventory
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
-from fixtures.cell import CaseOutcome, Cell
-from fixtures.outcomes import exception_verdict
-from fixtures.runtime import SandboxCache
-from fixtures.simgpu.profiles import foreign_uuid, get_profile
-from reports.evidence import Verdict
-from workloads.compute_judge import DEFAULT_THRESHOLDS
+from gpuconform.drivers.inventory import SCHEME_LEGACY, GpuRecord, Inventory
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import CaseOutcome, Cell
+from gpuconform.fixtures.outcomes import exception_verdict
+from gpuconform.fixtures.runtime import SandboxCache
+from gpuconform.fixtures.simgpu.profiles import foreign_uuid, get_profile
+from gpuconform.reports.evidence import Verdict
+from gpuconform.workloads.compute_judge import DEFAULT_THRESHOLDS
 
 SUITES = (test_visibility, test_counts, test_device_ids, test_isolation, test_compute)
 CASES: dict[str, Callable[[Cell], None]] = {
@@ -508,7 +508,7 @@ def run_case(
     Each call starts afresh (sandbox ids, the probe's cache, the shared sandbox) unless it is
     handed the ``runtime`` of an earlier case, as the cases of one pytest process share theirs.
     """
-    from conformance import compute
+    from gpuconform.conformance import compute
 
     global _IDS
     if runtime is None:
@@ -536,7 +536,7 @@ def run_case(
 
 def run_cases(case_ids: Sequence[str], adapter: FakeAdapter) -> list[Outcome]:
     """Run cases one after another in one process's runtime (sharing its sandbox), then close it."""
-    from conformance import compute
+    from gpuconform.conformance import compute
 
     global _IDS
     _IDS = itertools.count(1)

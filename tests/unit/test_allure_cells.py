@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from reports.allure_cells import ALLURE_STATUS, finish_allure_results
-from reports.evidence import Evidence, Verdict
+from gpuconform.reports.allure_cells import ALLURE_STATUS, finish_allure_results
+from gpuconform.reports.evidence import Evidence, Verdict
 
 pytest.importorskip("allure_pytest")
 
@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 SESSION = """
 import pytest
-from reports.allure_cells import annotate_cell
-from reports.evidence import Evidence, Verdict
+from gpuconform.reports.allure_cells import annotate_cell
+from gpuconform.reports.evidence import Evidence, Verdict
 
 def record(verdict):
     return Evidence(case="count.over", driver="podman-" + verdict, verdict=Verdict(verdict),

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.inventory import GpuRecord, Inventory
-from workloads.cdi_spec import (
+from gpuconform.drivers.inventory import GpuRecord, Inventory
+from gpuconform.workloads.cdi_spec import (
     CdiSpecError,
     all_name,
     load_spec,

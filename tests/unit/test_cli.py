@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.cli import main
-from drivers.registry import BUILTIN
+from gpuconform.conformance.cli import main
+from gpuconform.drivers.registry import BUILTIN
 
 VERDICT_WORDS = ("pass", "rejected", "fail", "unsupported", "skip", "error", "inconclusive")
 
@@ -100,7 +100,7 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 def _write_run(path: Path, rows: dict[tuple[str, str], str]) -> Path:
     """A results.json of one host with the given (driver, case) -> verdict cells."""
-    from reports.evidence import Evidence, Verdict, write_results
+    from gpuconform.reports.evidence import Evidence, Verdict, write_results
 
     records = [
         Evidence(case=c, driver=d, verdict=Verdict(v), reason=f"{d} {c}") for (d, c), v in rows.items()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import cli
+from gpuconform.conformance import cli
 
 RESULTS_DOC = {"schema": 1, "run_id": "prev", "records": []}
 
@@ -141,7 +141,7 @@ def test_a_fault_with_an_instance_is_refused(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An instance keeps the faults it was started with; --sim-fault beside it would be ignored."""
-    from fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.simgpu.host import SimHost
 
     monkeypatch.setattr(SimHost, "find", classmethod(lambda cls, name, base=None: object()))
     line = _one_line_error(
@@ -151,8 +151,8 @@ def test_a_fault_with_an_instance_is_refused(
 
 
 def test_a_fault_on_a_real_gpu_machine_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fixtures import preflight
-    from fixtures.settings import Settings
+    from gpuconform.fixtures import preflight
+    from gpuconform.fixtures.settings import Settings
 
     with pytest.raises(preflight.PreflightError, match="real NVIDIA GPUs") as exc:
         preflight.check_simulation(Settings(faults=("wrong-gpu:1",)), real_gpus=lambda: True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from workloads.compute_judge import (
+from gpuconform.workloads.compute_judge import (
     DEFAULT_THRESHOLDS,
     ProbeOutputError,
     environment_gap,

@@ -1,4 +1,4 @@
-"""conformance.compute.run_probe: when the probe "is absent" and when it only quotes a missing file.
+"""conformance/compute.py run_probe: when the probe "is absent" and when it only quotes a missing file.
 
 A probe document on a host without libcuda says ``libcuda.so.1: cannot open shared object file:
 No such file or directory``; that must not read as "the sandbox has no python3" (a skip that
@@ -14,9 +14,9 @@ from typing import Any, NoReturn, cast
 
 import pytest
 
-from conformance import compute
-from drivers.base import ExecResult
-from fixtures.cell import CaseOutcome, Verdict
+from gpuconform.conformance import compute
+from gpuconform.drivers.base import ExecResult
+from gpuconform.fixtures.cell import CaseOutcome, Verdict
 
 
 class FakeSandbox:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from gpuconform.workloads import compute_judge, cuda_probe
 from tests.fakes import libcuda
 from tests.fakes.cupy_twin import FakeCupy
-from workloads import compute_judge, cuda_probe
 
 PROBE = Path(cuda_probe.__file__)
 SMALL = ["--sizes", "vector=1000,matmul=32,reduction=4096,copy_mib=1,bench_matmul=32", "--repeats", "2"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
-from reports.evidence import Evidence, Verdict
-from reports.matrix import Matrix, build_matrix, merge
+from gpuconform.reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.matrix import Matrix, build_matrix, merge
 
 TODAY = date(2025, 6, 1)
 

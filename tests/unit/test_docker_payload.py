@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from drivers.base import AdapterContext, Deadline, DriverUnavailable
-from drivers.docker import DockerAdapter, DockerCdiAdapter, DockerLegacyAdapter
-from drivers.docker_payload import (
+from gpuconform.drivers.base import AdapterContext, Deadline, DriverUnavailable
+from gpuconform.drivers.docker import DockerAdapter, DockerCdiAdapter, DockerLegacyAdapter
+from gpuconform.drivers.docker_payload import (
     cdi_spec_for_kind,
     column_option,
     engine_major,
@@ -33,9 +33,9 @@ from drivers.docker_payload import (
     path_support,
     read_multiplexed,
 )
-from drivers.inventory import GpuRecord, Inventory, default_native_ids
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
+from gpuconform.drivers.inventory import GpuRecord, Inventory, default_native_ids
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
 
 KIND = "sim.gpuconform.dev/unit"
 CID = "c0ffee" + "0" * 58

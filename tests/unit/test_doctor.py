@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conformance.cli import main
-from conformance.doctor import DoctorOptions, DoctorReport, Status, run_doctor
-from conformance.doctor.engines import PODMAN_CDI_MAX, cdi_max_for, engine_lines
-from fixtures.simgpu import cdi
-from fixtures.simgpu.host import SimHost
+from gpuconform.conformance.cli import main
+from gpuconform.conformance.doctor import DoctorOptions, DoctorReport, Status, run_doctor
+from gpuconform.conformance.doctor.engines import PODMAN_CDI_MAX, cdi_max_for, engine_lines
+from gpuconform.fixtures.simgpu import cdi
+from gpuconform.fixtures.simgpu.host import SimHost
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes (mknod) needs root")
 
@@ -209,7 +209,7 @@ def test_podman_cdi_limits_follow_the_vendored_library() -> None:
 def test_docker_column_needs_its_own_gpu_path(
     column: str, info: dict[str, Any], hook: str | None, blocking: list[str]
 ) -> None:
-    from conformance.doctor.engines import docker_path
+    from gpuconform.conformance.doctor.engines import docker_path
 
     checks, engine = engine_lines(
         {"Version": "26.1.5", "ApiVersion": "1.45"}, info, docker_path(column), hook
@@ -221,7 +221,7 @@ def test_docker_column_needs_its_own_gpu_path(
 def test_after_a_run_an_unavailable_driver_gets_doctors_missing_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.doctor.hints import unavailable_hints
+    from gpuconform.conformance.doctor.hints import unavailable_hints
 
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"drivers": {"podman": {"available": False, "reason": "podman not on PATH"},
@@ -251,8 +251,8 @@ def test_driver_libraries_of_a_generated_spec_against_the_host_driver(
     tmp_path: Path, host_driver: str, status: Status
 ) -> None:
     """nvidia-ctk's own output (tests/corpus, with its source) mounts libcuda.so.999.88.77."""
-    from conformance.doctor.cdi_lint import lint_specs
-    from drivers.inventory import Inventory, records_from_query
+    from gpuconform.conformance.doctor.cdi_lint import lint_specs
+    from gpuconform.drivers.inventory import Inventory, records_from_query
 
     (tmp_path / "nvidia.yaml").write_text(CORPUS_SPEC.read_text())
     row = {"index": 0, "uuid": "GPU-00000000-0000-4000-8000-000000000000", "name": "NVIDIA H100",
@@ -283,7 +283,7 @@ def test_a_spec_the_reader_cannot_read_is_named_with_the_readers_reason(sim: Sim
 
 
 def test_after_a_run_a_doctor_that_cannot_start_gives_one_line_not_an_error(tmp_path: Path) -> None:
-    from conformance.doctor.hints import unavailable_hints
+    from gpuconform.conformance.doctor.hints import unavailable_hints
 
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"drivers": {"podman": {"available": False}}}))

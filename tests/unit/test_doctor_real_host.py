@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conformance.doctor.cluster import kubernetes_checks
-from conformance.doctor.hostfacts import HostFacts, host_checks
-from conformance.doctor.model import Check, Status
-from conformance.doctor.vm import qemu_checks
-from drivers.inventory import Inventory, records_from_query
-from fixtures.fakesysfs import FakeSysfs, intel_nic, nvidia_audio, nvidia_gpu
+from gpuconform.conformance.doctor.cluster import kubernetes_checks
+from gpuconform.conformance.doctor.hostfacts import HostFacts, host_checks
+from gpuconform.conformance.doctor.model import Check, Status
+from gpuconform.conformance.doctor.vm import qemu_checks
+from gpuconform.drivers.inventory import Inventory, records_from_query
+from gpuconform.fixtures.fakesysfs import FakeSysfs, intel_nic, nvidia_audio, nvidia_gpu
 
 GPU_A, GPU_B = "0000:18:00.0", "0000:2a:00.0"
 
@@ -90,8 +90,8 @@ def test_qemu_without_iommu_says_how_to_turn_it_on(tmp_path: Path) -> None:
 def test_kubernetes_context_device_plugin_and_allocatable_gpus_through_the_real_client(
     tmp_path: Path,
 ) -> None:
-    from fixtures.kubedouble import KubeDouble
-    from fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.kubedouble import KubeDouble
+    from gpuconform.fixtures.simgpu.host import SimHost
 
     (tmp_path / "cdi").mkdir()
     sim = SimHost.up("h100x4", instance=f"kd{os.getpid()}", cdi_dir=tmp_path / "cdi", owner_pid=os.getpid())

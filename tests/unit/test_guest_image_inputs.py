@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Deadline
-from drivers.qemu_guest import guest_payload
-from fixtures import guestimage
-from fixtures.glibc import host_glibc
-from fixtures.guestimage import GuestImageError, builtin_modules, kernel_meta_package, parse_os_release
-from fixtures.simgpu.host import SimHost
+from gpuconform.drivers.base import Deadline
+from gpuconform.drivers.qemu_guest import guest_payload
+from gpuconform.fixtures import guestimage
+from gpuconform.fixtures.glibc import host_glibc
+from gpuconform.fixtures.guestimage import (
+    GuestImageError,
+    builtin_modules,
+    kernel_meta_package,
+    parse_os_release,
+)
+from gpuconform.fixtures.simgpu.host import SimHost
 
 DEBIAN_12 = """PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
 NAME="Debian GNU/Linux"
@@ -64,7 +69,7 @@ def test_builtin_modules_are_not_loaded(tmp_path: Path) -> None:
 
 
 def test_staged_tree_has_the_loader_where_binaries_ask_for_it(tmp_path: Path) -> None:
-    from fixtures.glibc import install_glibc
+    from gpuconform.fixtures.glibc import install_glibc
 
     glibc = host_glibc()
     install_glibc(tmp_path, glibc)

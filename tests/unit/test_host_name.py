@@ -6,18 +6,18 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from drivers.inventory import Inventory
-from fixtures.settings import Settings, SettingsError
-from reports.diff import diff
-from reports.evidence import Evidence, Verdict
-from reports.matrix import Matrix, build_matrix, merge
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.fixtures.settings import Settings, SettingsError
+from gpuconform.reports.diff import diff
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.matrix import Matrix, build_matrix, merge
 
 pytest_plugins = ["pytester"]
 
 
 def _settings(pytester: pytest.Pytester, *args: str) -> Settings:
     installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
-    config = pytester.parseconfig(*([] if installed else ["-p", "fixtures.plugin"]), *args)
+    config = pytester.parseconfig(*([] if installed else ["-p", "gpuconform.fixtures.plugin"]), *args)
     return Settings.from_config(config)
 
 

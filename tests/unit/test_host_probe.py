@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from conformance.compute import PROBE_PATH
-from drivers.base import AdapterContext, Deadline
-from drivers.host import OPT_PYTHON, HostAdapter
-from drivers.inventory import REAL_CDI_KIND, GpuRecord, Inventory, default_native_ids
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
+from gpuconform.conformance.compute import PROBE_PATH
+from gpuconform.drivers.base import AdapterContext, Deadline
+from gpuconform.drivers.host import OPT_PYTHON, HostAdapter
+from gpuconform.drivers.inventory import REAL_CDI_KIND, GpuRecord, Inventory, default_native_ids
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.workloads import compute_judge, cuda_probe
 from tests.fakes import libcuda
-from workloads import compute_judge, cuda_probe
 
 UUIDS = ("GPU-a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf", "GPU-8932f937-d700-4106-c12f-20bd9faed9f6")
 pytestmark = pytest.mark.skipif(

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Deadline
-from fixtures import images
-from fixtures.glibc import elf_interpreter, host_glibc, parse_ldconfig
-from fixtures.simgpu.layout import sandbox_nvml_path
-from fixtures.simgpu.smi_build import ensure_built
+from gpuconform.drivers.base import Deadline
+from gpuconform.fixtures import images
+from gpuconform.fixtures.glibc import elf_interpreter, host_glibc, parse_ldconfig
+from gpuconform.fixtures.simgpu.layout import sandbox_nvml_path
+from gpuconform.fixtures.simgpu.smi_build import ensure_built
 
 LDCONFIG_SAMPLE = """\
 1234 libs found in cache `/etc/ld.so.cache'

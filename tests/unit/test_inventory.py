@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from drivers.inventory import (
+from gpuconform.drivers.inventory import (
     REAL_CDI_KIND,
     SCHEME_CDI,
     SCHEME_HOST,
@@ -254,8 +254,8 @@ def _spec(tmp_path: Any, names: dict[int, str], with_all: bool = True, kind: str
 
 
 def _learn(tmp_path: Any, names: dict[int, str], **kw: Any) -> Inventory:
-    from drivers.inventory import learn_cdi_ids
-    from workloads.cdi_spec import load_specs
+    from gpuconform.drivers.inventory import learn_cdi_ids
+    from gpuconform.workloads.cdi_spec import load_specs
 
     _spec(tmp_path, names, **kw)
     inv = Inventory("h", (_record(0), _record(1)), simulated=False, source="nvidia-smi")
@@ -283,8 +283,8 @@ def test_learnt_names_follow_minor_numbers_not_indices(tmp_path: Any) -> None:
     """GPU index 0 is /dev/nvidia1 here (minor numbers need not follow indices)."""
     from dataclasses import replace
 
-    from drivers.inventory import learn_cdi_ids
-    from workloads.cdi_spec import load_specs
+    from gpuconform.drivers.inventory import learn_cdi_ids
+    from gpuconform.workloads.cdi_spec import load_specs
 
     _spec(tmp_path, {1: "0", 0: "1"})
     inv = Inventory("h", (replace(_record(0), minor=1), replace(_record(1), minor=0)), False, "nvidia-smi")

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from conformance.observe import shape_request
-from drivers import leases
-from drivers.request import GpuRequest
-from fixtures.cell import CaseOutcome, Cell
-from reports.evidence import Verdict
+from gpuconform.conformance.observe import shape_request
+from gpuconform.drivers import leases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.cell import CaseOutcome, Cell
+from gpuconform.reports.evidence import Verdict
 from tests.unit.fakesandbox import make_cell, world
 
 

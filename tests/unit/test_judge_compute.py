@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from conformance.compute import PROBE_PATH
-from reports.evidence import Verdict
+from gpuconform.conformance.compute import PROBE_PATH
+from gpuconform.reports.evidence import Verdict
 from tests.unit.fakesandbox import Answer, Shape, inventory, probe_doc, run_case, run_cases, world
 
 INV = inventory("h100x4")

@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
-from reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
-from reports.evidence import Verdict
+from gpuconform.reports.diff import DriverSelectionError, Waiver, WaiverError, diff, gate, load_waivers
+from gpuconform.reports.evidence import Verdict
+from gpuconform.workloads import compute_judge as cj
 from tests.unit import test_judge_compute, test_judge_isolation, test_judge_selection, test_judge_visibility
 from tests.unit.fakesandbox import FakeAdapter, run_case, run_cases, world
 from tests.unit.test_compute_judge import A, B, C, device, doc, with_stack
 from tests.unit.test_diff_gate import make_matrix
-from workloads import compute_judge as cj
 
 GOLDEN = Path(__file__).parent / "data" / "judges.golden.json"
 UPDATE = os.environ.get("GPUCONFORM_UPDATE_GOLDEN") == "1"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Profile
-from reports.evidence import Verdict
+from gpuconform.drivers.base import Profile
+from gpuconform.reports.evidence import Verdict
 from tests.unit.fakesandbox import NVML_NO_PERMISSION, Answer, Shape, inventory, run_case, smi_list, world
 
 INV = inventory("h100x4")

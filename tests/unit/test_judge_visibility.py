@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Profile
-from reports.evidence import Verdict
+from gpuconform.drivers.base import Profile
+from gpuconform.reports.evidence import Verdict
 from tests.unit.fakesandbox import (
     NOT_FOUND_IN_PATH,
     NVML_MISMATCH,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from reports.evidence import Evidence, Verdict
-from reports.junit import render_junit
-from reports.matrix import build_matrix
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.junit import render_junit
+from gpuconform.reports.matrix import build_matrix
 from tests.unit.test_render import make_meta, make_records
 
 

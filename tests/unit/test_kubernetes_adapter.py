@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.base import AdapterContext, Deadline, RequestRejected
-from drivers.inventory import Inventory
-from drivers.kubernetes import DEVICE_IDS_UNSUPPORTED, KubernetesAdapter
-from drivers.leases import GpuLeases
-from drivers.registry import load_adapter_class
-from drivers.request import GpuRequest, RequestError
+from gpuconform.drivers.base import AdapterContext, Deadline, RequestRejected
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.kubernetes import DEVICE_IDS_UNSUPPORTED, KubernetesAdapter
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.registry import load_adapter_class
+from gpuconform.drivers.request import GpuRequest, RequestError
 
 
 def adapter(tmp_path: Path, **options: str) -> KubernetesAdapter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.kube_diag import classify_pod, collect_diagnostics, scheduling_failures, summarize_pod
+from gpuconform.drivers.kube_diag import classify_pod, collect_diagnostics, scheduling_failures, summarize_pod
 
 
 def test_running_pod_with_ready_container_is_running() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.kube_exec import ExecProtocolError, parse_exec_status, put_file_argv
+from gpuconform.drivers.kube_exec import ExecProtocolError, parse_exec_status, put_file_argv
 
 
 def test_success_status_is_exit_zero() -> None:

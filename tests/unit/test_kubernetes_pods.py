@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from drivers.base import InfrastructureError, RequestRejected
-from drivers.kube_pods import StartJudge, build_pod_manifest, dns_label, label_value, run_namespace
+from gpuconform.drivers.base import InfrastructureError, RequestRejected
+from gpuconform.drivers.kube_pods import StartJudge, build_pod_manifest, dns_label, label_value, run_namespace
 
 INSUFFICIENT = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
 

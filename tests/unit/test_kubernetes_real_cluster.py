@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers import kube_cluster
-from drivers.base import AdapterContext, Deadline, InfrastructureError
-from drivers.inventory import Inventory
-from drivers.kube_truth import inventory_from_probes
-from drivers.kubernetes import KubernetesAdapter
-from drivers.leases import GpuLeases
-from fixtures.images import IMAGES, image_ref
-from fixtures.kind import cluster as kind
-from fixtures.kind import images as kind_images
+from gpuconform.drivers import kube_cluster
+from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.kube_truth import inventory_from_probes
+from gpuconform.drivers.kubernetes import KubernetesAdapter
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.fixtures.images import IMAGES, image_ref
+from gpuconform.fixtures.kind import cluster as kind
+from gpuconform.fixtures.kind import images as kind_images
 
 
 def write_kubeconfig(path: Path, server: str, context: str) -> Path:
@@ -87,7 +87,7 @@ def test_cluster_up_loads_every_image_kind_and_records_the_kubeconfig(
         workdir.mkdir(parents=True, exist_ok=True)
         return write_kubeconfig(workdir / "kubeconfig", "https://127.0.0.1:40000", opts.context)
 
-    monkeypatch.setattr("fixtures.images.ensure_image", fake_ensure)
+    monkeypatch.setattr("gpuconform.fixtures.images.ensure_image", fake_ensure)
     monkeypatch.setattr(kind, "cluster_up", fake_up)
     monkeypatch.setattr(kind, "load_image", lambda opts, image, deadline=None: loaded.append(image))
     record = tmp_path / "kind-cluster.json"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Deadline, DeadlineExceeded, RequestRejected
-from drivers.inventory import GpuRecord
-from drivers.leases import GpuLeases, waited_s
+from gpuconform.drivers.base import Deadline, DeadlineExceeded, RequestRejected
+from gpuconform.drivers.inventory import GpuRecord
+from gpuconform.drivers.leases import GpuLeases, waited_s
 
 POLL = 0.02
 
@@ -140,9 +140,9 @@ def test_acquire_exact_times_out_naming_the_gpus(tmp_path: Path, gpus: tuple[Gpu
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from drivers.base import Deadline
-from drivers.inventory import GpuRecord
-from drivers.leases import GpuLeases, waited_s
+from gpuconform.drivers.base import Deadline
+from gpuconform.drivers.inventory import GpuRecord
+from gpuconform.drivers.leases import GpuLeases, waited_s
 gpu = GpuRecord(0, "GPU-lease-0", "sim", "0000:18:00.0", 1024, "1.0", 0)
 lease = GpuLeases(Path(sys.argv[1])).acquire_exact([gpu], Deadline(5))
 print("held", flush=True)

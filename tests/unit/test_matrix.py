@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from reports.evidence import Evidence, Verdict, write_results
-from reports.matrix import (
+from gpuconform.reports.evidence import Evidence, Verdict, write_results
+from gpuconform.reports.matrix import (
     CATALOGUE,
     SEVERITY,
     Matrix,
@@ -102,7 +102,7 @@ def test_driver_columns_follow_the_registry_then_first_appearance() -> None:
 def test_a_newly_registered_adapter_gets_its_column_without_editing_reports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from drivers import registry
+    from gpuconform.drivers import registry
 
     builtin = dict(registry.BUILTIN)
     monkeypatch.setattr(registry, "BUILTIN", {"host": builtin["host"], "firecracker": "x:Y", **builtin})

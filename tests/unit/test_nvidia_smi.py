@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.inventory import records_from_query
-from workloads.nvidia_smi import (
+from gpuconform.drivers.inventory import records_from_query
+from gpuconform.workloads.nvidia_smi import (
     NVML_EXIT_CODES,
     QUERY_FIELDS,
     ListedGpu,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads import cuda_probe
+from gpuconform.workloads import cuda_probe
 
 ENV_NVRTC = "GPUCONFORM_NVRTC"
 # Where PyPI's wheels put the library (nvidia-cuda-nvrtc 13.x; -cu12 12.x), then a CUDA toolkit.

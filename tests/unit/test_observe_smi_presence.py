@@ -13,10 +13,10 @@ from typing import Any, NoReturn
 
 import pytest
 
-from conformance.observe import list_gpus, query_gpus
-from drivers.base import ExecResult
-from fixtures.cell import CaseOutcome
-from reports.evidence import Verdict
+from gpuconform.conformance.observe import list_gpus, query_gpus
+from gpuconform.drivers.base import ExecResult
+from gpuconform.fixtures.cell import CaseOutcome
+from gpuconform.reports.evidence import Verdict
 
 RUNC_NO_LOADER = "exec /usr/bin/nvidia-smi: no such file or directory"
 NO_LIBRARY = (

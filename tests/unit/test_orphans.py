@@ -6,7 +6,7 @@ import secrets
 import subprocess
 import time
 
-from drivers.orphans import conmon_pids, kill_orphans
+from gpuconform.drivers.orphans import conmon_pids, kill_orphans
 
 
 def _fake_conmon(name: str) -> subprocess.Popen[bytes]:

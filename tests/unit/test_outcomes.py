@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from conformance.catalogue import BY_ID
-from drivers.base import (
+from gpuconform.conformance.catalogue import BY_ID
+from gpuconform.drivers.base import (
     Adapter,
     AdapterContext,
     Availability,
@@ -23,14 +23,14 @@ from drivers.base import (
     RequestRejected,
     Sandbox,
 )
-from drivers.inventory import Inventory
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest, RequestError
-from fixtures.cell import Cell
-from fixtures.outcomes import exception_verdict
-from reports.evidence import Verdict
-from workloads.compute_judge import ProbeOutputError
-from workloads.nvidia_smi import SmiParseError
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest, RequestError
+from gpuconform.fixtures.cell import Cell
+from gpuconform.fixtures.outcomes import exception_verdict
+from gpuconform.reports.evidence import Verdict
+from gpuconform.workloads.compute_judge import ProbeOutputError
+from gpuconform.workloads.nvidia_smi import SmiParseError
 
 
 class FakeAdapter(Adapter):

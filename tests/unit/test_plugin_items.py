@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 SIM_BASE = Path("/run/gpuconform/sim")
 
 SUITE = """
-from conformance.catalogue import case
-from drivers.request import GpuRequest
+from gpuconform.conformance.catalogue import case
+from gpuconform.drivers.request import GpuRequest
 
 
 @case("count.zero")
@@ -43,7 +43,7 @@ def test_count_over(cell):
 
 def _plugin_args() -> list[str]:
     installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "fixtures.plugin"]
+    return [] if installed else ["-p", "gpuconform.fixtures.plugin"]
 
 
 class Run:
@@ -175,9 +175,9 @@ def test_two_items_claiming_one_cell_fail_the_run_naming_it(run: Run) -> None:
 
 
 def test_default_columns_leave_vm_passthrough_out_on_a_real_gpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fixtures import environment, plugin
-    from fixtures.hostgpus import NvidiaPresence, PciNvidia
-    from fixtures.settings import Settings
+    from gpuconform.fixtures import environment, plugin
+    from gpuconform.fixtures.hostgpus import NvidiaPresence, PciNvidia
+    from gpuconform.fixtures.settings import Settings
 
     gpu = NvidiaPresence(functions=(PciNvidia("0000:18:00.0", 0x030200, "nvidia"),), control_node=True)
     monkeypatch.setattr(environment, "detect_nvidia", lambda *roots: gpu)

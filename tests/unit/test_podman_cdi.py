@@ -11,12 +11,12 @@ from pathlib import Path
 
 import yaml
 
-from drivers.base import AdapterContext, Deadline
-from drivers.inventory import GpuRecord, Inventory, cdi_spec_dirs
-from drivers.leases import GpuLeases
-from drivers.podman import PodmanAdapter
-from drivers.request import GpuRequest
-from drivers.selection import select_gpus
+from gpuconform.drivers.base import AdapterContext, Deadline
+from gpuconform.drivers.inventory import GpuRecord, Inventory, cdi_spec_dirs
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.podman import PodmanAdapter
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import select_gpus
 
 KIND = "sim.gpuconform.dev/t1"
 UUIDS = ("GPU-1e250c70-dff6-4e52-8690-a9c144e7cf0f", "GPU-8db8df93-edd5-4cd5-86b3-bc355166765c")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Adapter, OptionSpec
-from fixtures import preflight
-from fixtures.settings import Settings
+from gpuconform.drivers.base import Adapter, OptionSpec
+from gpuconform.fixtures import preflight
+from gpuconform.fixtures.settings import Settings
 
 pytest_plugins = ["pytester"]
 
@@ -32,7 +32,7 @@ class AcmeAdapter(Adapter):
 
 @pytest.fixture
 def acme(monkeypatch: pytest.MonkeyPatch) -> None:
-    from drivers import registry
+    from gpuconform.drivers import registry
 
     monkeypatch.setattr(registry, "ALIASES", {**registry.ALIASES, "acme": f"{__name__}:AcmeAdapter"})
 
@@ -61,7 +61,7 @@ def test_a_third_party_adapters_good_options_pass() -> None:
 
 def test_every_builtin_adapter_declares_the_options_it_reads() -> None:
     """The keys the adapters read (grep options.get in drivers/) are all declared somewhere."""
-    from drivers.registry import BUILTIN, load_adapter_class
+    from gpuconform.drivers.registry import BUILTIN, load_adapter_class
 
     declared = {key for name in BUILTIN for key in load_adapter_class(name).OPTIONS}
     for key in (
@@ -94,7 +94,8 @@ def test_gpuconform_run_loads_only_its_own_plugins(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "GPUCONFORM_STATE": str(tmp_path / "state")}
     env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "conformance.cli", "run", "--drivers", "host", "--sim", "single", "-n", "0",
+        [sys.executable, "-m", "gpuconform.conformance.cli",
+            "run", "--drivers", "host", "--sim", "single", "-n", "0",
          "-k", "count.zero", "--out", str(tmp_path / "out"), "--", "--cdi-dir", str(tmp_path / "cdi"),
          "--lease-dir", str(tmp_path / "state" / "leases")],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
@@ -108,7 +109,7 @@ def test_gpuconform_run_loads_only_its_own_plugins(tmp_path: Path) -> None:
 
 
 def test_promote_never_replaces_a_folder_that_holds_no_results(tmp_path: Path) -> None:
-    from fixtures.outdir import promote, staging_dir
+    from gpuconform.fixtures.outdir import promote, staging_dir
 
     out = tmp_path / "results"
     out.mkdir()
@@ -122,7 +123,7 @@ def test_promote_never_replaces_a_folder_that_holds_no_results(tmp_path: Path) -
 
 
 def test_promote_replaces_a_results_folder_whole(tmp_path: Path) -> None:
-    from fixtures.outdir import promote, staging_dir
+    from gpuconform.fixtures.outdir import promote, staging_dir
 
     out = tmp_path / "results"
     out.mkdir()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fixtures.progress import ColumnProgress, cell_of_nodeid
+from gpuconform.fixtures.progress import ColumnProgress, cell_of_nodeid
 
 pytest_plugins = ["pytester"]
 
@@ -72,7 +72,7 @@ def test_a_line_is_due_after_the_period_without_a_completed_column() -> None:
 
 CONFTEST = """
 import pytest
-from fixtures.progress import ColumnProgress
+from gpuconform.fixtures.progress import ColumnProgress
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # as fixtures/plugin.py: the controller only

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from drivers import qemu_vm as vm
-from drivers.base import AdapterContext, Deadline, InfrastructureError, RequestRejected
-from drivers.inventory import Inventory
-from drivers.leases import GpuLeases
-from drivers.qemu import QemuAdapter, QemuSingleAdapter
-from drivers.qemu_guest import guest_payload
-from drivers.request import GpuRequest
-from fixtures.simgpu.faults import parse_faults
-from fixtures.simgpu.plan import build_plan, injection
-from fixtures.simgpu.profiles import get_profile
+from gpuconform.drivers import qemu_vm as vm
+from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError, RequestRejected
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.qemu import QemuAdapter, QemuSingleAdapter
+from gpuconform.drivers.qemu_guest import guest_payload
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.simgpu.faults import parse_faults
+from gpuconform.fixtures.simgpu.plan import build_plan, injection
+from gpuconform.fixtures.simgpu.profiles import get_profile
 
 KIND = "sim.gpuconform.dev/unit"
 

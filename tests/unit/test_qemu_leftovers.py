@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from drivers import qemu_vm as vm
-from drivers.base import LABEL_CASE, LABEL_RUN, LABEL_WORKER, AdapterContext, Deadline
-from drivers.inventory import Inventory
-from drivers.leases import GpuLeases
-from drivers.qemu import QemuAdapter
-from fixtures.simgpu.profiles import get_profile
+from gpuconform.drivers import qemu_vm as vm
+from gpuconform.drivers.base import LABEL_CASE, LABEL_RUN, LABEL_WORKER, AdapterContext, Deadline
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.qemu import QemuAdapter
+from gpuconform.fixtures.simgpu.profiles import get_profile
 
 KIND = "sim.gpuconform.dev/unit"
 RUN = "lo1"

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from reports.evidence import Evidence, Verdict
-from reports.matrix import Matrix, MatrixError, build_matrix, load_matrix, merge
-from reports.render import render, write_all
-from reports.render_html import render_html
-from reports.render_md import render_markdown
-from reports.render_terminal import render_terminal
+from gpuconform.reports.evidence import Evidence, Verdict
+from gpuconform.reports.matrix import Matrix, MatrixError, build_matrix, load_matrix, merge
+from gpuconform.reports.render import render, write_all
+from gpuconform.reports.render_html import render_html
+from gpuconform.reports.render_md import render_markdown
+from gpuconform.reports.render_terminal import render_terminal
 
 
 def expanded(page: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import pytest
 
-from drivers.request import GpuRequest, RequestError
+from gpuconform.drivers.request import GpuRequest, RequestError
 
 
 def _message(req: GpuRequest) -> str:

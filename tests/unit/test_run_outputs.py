@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from conformance import cli
+from gpuconform.conformance import cli
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[2]
 
 SUITE = """
-from conformance.catalogue import case
-from drivers.request import GpuRequest
+from gpuconform.conformance.catalogue import case
+from gpuconform.drivers.request import GpuRequest
 
 
 @case("count.zero")
@@ -42,7 +42,7 @@ def test_device_empty(cell):
 
 # Registers a driver whose module does not exist: what a third-party adapter without its extra is.
 BROKEN_CONFTEST = """
-from drivers import registry
+from gpuconform.drivers import registry
 
 registry.BUILTIN["broken"] = "gpuconform_no_such_module:Adapter"
 """
@@ -72,7 +72,7 @@ class Run:
 
     def __call__(self, *args: str, drivers: str = "host") -> pytest.RunResult:
         return self.pytester.runpytest_subprocess(
-            "-p", "fixtures.plugin", "-p", "no:cacheprovider",
+            "-p", "gpuconform.fixtures.plugin", "-p", "no:cacheprovider",
             "--drivers", drivers, "--sim", "single", "--out", str(self.out),
             "--cdi-dir", str(self.cdi), "--lease-dir", str(self.state / "leases"),
             *args, timeout=120,

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from conformance import cli
-from reports.evidence import Evidence, Verdict, write_results
-from reports.matrix import build_matrix
-from reports.render import write_all
-from reports.schemas import SUPPORTED, SchemaError, schema_text, validate
+from gpuconform.conformance import cli
+from gpuconform.reports.evidence import Evidence, Verdict, write_results
+from gpuconform.reports.matrix import build_matrix
+from gpuconform.reports.render import write_all
+from gpuconform.reports.schemas import SUPPORTED, SchemaError, schema_text, validate
 from tests.unit.test_render import make_meta, make_records
 
 

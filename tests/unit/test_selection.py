@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import AdapterContext, Deadline, DeadlineExceeded, RequestRejected
-from drivers.inventory import (
+from gpuconform.drivers.base import AdapterContext, Deadline, DeadlineExceeded, RequestRejected
+from gpuconform.drivers.inventory import (
     REAL_CDI_KIND,
     SCHEME_CDI,
     SCHEME_PCI,
@@ -15,9 +15,9 @@ from drivers.inventory import (
     Inventory,
     default_native_ids,
 )
-from drivers.leases import GpuLeases
-from drivers.request import GpuRequest
-from drivers.selection import select_gpus
+from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import select_gpus
 
 CDI_ALL = "nvidia.com/gpu=all"
 

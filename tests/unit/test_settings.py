@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.registry import known_drivers
-from fixtures.settings import Settings
+from gpuconform.drivers.registry import known_drivers
+from gpuconform.fixtures.settings import Settings
 
 pytest_plugins = ["pytester"]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _plugin_args() -> list[str]:
     """``-p fixtures.plugin`` unless the installed package already loads the plugin."""
     installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "fixtures.plugin"]
+    return [] if installed else ["-p", "gpuconform.fixtures.plugin"]
 
 
 def _settings(pytester: pytest.Pytester, *args: str) -> Settings:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.simgpu.faults import parse_faults
-from fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, NVML_SONAME, format_descriptor
-from fixtures.simgpu.plan import descriptor_fields
-from fixtures.simgpu.profiles import SimGpu, get_profile
-from fixtures.simgpu.smi_build import SmiBuild, ensure_built
-from workloads import nvidia_smi as parsers
+from gpuconform.fixtures.simgpu.faults import parse_faults
+from gpuconform.fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, NVML_SONAME, format_descriptor
+from gpuconform.fixtures.simgpu.plan import descriptor_fields
+from gpuconform.fixtures.simgpu.profiles import SimGpu, get_profile
+from gpuconform.fixtures.simgpu.smi_build import SmiBuild, ensure_built
+from gpuconform.workloads import nvidia_smi as parsers
 
 GPUS = get_profile("h100x4").gpus
 INVALID = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
@@ -274,7 +274,7 @@ def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
 
 
 def test_an_unusable_cache_is_a_one_line_error(tmp_path: Path) -> None:
-    from fixtures.simgpu.smi_build import SmiBuildError
+    from gpuconform.fixtures.simgpu.smi_build import SmiBuildError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

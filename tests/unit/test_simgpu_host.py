@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.inventory import Inventory
-from fixtures.simgpu import cdi
-from fixtures.simgpu.host import SimHost, SimHostError
-from fixtures.simgpu.layout import parse_descriptor
-from fixtures.simgpu.profiles import foreign_uuid, get_profile
+from gpuconform.drivers.inventory import Inventory
+from gpuconform.fixtures.simgpu import cdi
+from gpuconform.fixtures.simgpu.host import SimHost, SimHostError
+from gpuconform.fixtures.simgpu.layout import parse_descriptor
+from gpuconform.fixtures.simgpu.profiles import foreign_uuid, get_profile
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes (mknod) needs root")
 

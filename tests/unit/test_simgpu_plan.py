@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from fixtures.simgpu import cdi
-from fixtures.simgpu.faults import parse_faults
-from fixtures.simgpu.plan import build_plan, descriptor_fields, injection
-from fixtures.simgpu.profiles import foreign_uuid, get_profile
+from gpuconform.fixtures.simgpu import cdi
+from gpuconform.fixtures.simgpu.faults import parse_faults
+from gpuconform.fixtures.simgpu.plan import build_plan, descriptor_fields, injection
+from gpuconform.fixtures.simgpu.profiles import foreign_uuid, get_profile
 
 ROOT = Path("/run/gpuconform/sim/gpu")
 GPUS = get_profile("h100x4").gpus
@@ -176,14 +176,14 @@ def test_extra_node_adds_the_next_gpus_node_without_its_descriptor() -> None:
 
 
 def test_extra_node_needs_a_second_gpu() -> None:
-    from fixtures.simgpu.faults import FaultError
+    from gpuconform.fixtures.simgpu.faults import FaultError
 
     with pytest.raises(FaultError, match="needs a second GPU"):
         parse_faults(["extra-node:0"], 1)
 
 
 def _named_spec(profile: str) -> dict[str, Any]:
-    from fixtures.simgpu.profiles import get_profile as profile_of
+    from gpuconform.fixtures.simgpu.profiles import get_profile as profile_of
 
     plan = build_plan("gpu", profile_of(profile).gpus, (), ROOT)
     return cdi.cdi_spec(plan)
@@ -212,8 +212,8 @@ def test_the_simulated_spec_takes_the_shape_of_each_naming_strategy(profile: str
 
 
 def test_the_simulated_spec_is_read_by_the_one_reader_with_the_names_it_was_given(tmp_path: Path) -> None:
-    from drivers.inventory import Inventory, learn_cdi_ids
-    from workloads.cdi_spec import load_specs
+    from gpuconform.drivers.inventory import Inventory, learn_cdi_ids
+    from gpuconform.workloads.cdi_spec import load_specs
 
     gpus = get_profile("h100x2").gpus
     (tmp_path / "s.yaml").write_text(cdi.render(_named_spec("h100x2:cdi=uuid:no-all")))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.simgpu.podman_config import (
+from gpuconform.fixtures.simgpu.podman_config import (
     PodmanConfigError,
     ensure_containers_conf,
     main,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from workloads.nvidia_smi import (
+from gpuconform.workloads.nvidia_smi import (
     SmiParseError,
     Unavailable,
     nvml_error_in,

@@ -1,4 +1,4 @@
-"""drivers.ssh against a real paramiko SSH server on loopback (no VM needed).
+"""gpuconform.drivers.ssh against a real paramiko SSH server on loopback (no VM needed).
 
 The server's commands are chosen to break naive clients: megabytes on stdout and stderr
 interleaved (a client reading one stream to the end deadlocks once the channel window fills
@@ -23,8 +23,8 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from drivers.base import Deadline, DeadlineExceeded
-from drivers.ssh import HostKeyMismatch, SshError, SshKeys, SshSession, generate_keys, public_key
+from gpuconform.drivers.base import Deadline, DeadlineExceeded
+from gpuconform.drivers.ssh import HostKeyMismatch, SshError, SshKeys, SshSession, generate_keys, public_key
 
 BIG = 5 * 512 * 1024  # 2.5 MiB per stream: beyond paramiko's 2 MiB channel window
 BLOCK = 32 * 1024

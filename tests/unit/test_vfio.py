@@ -1,4 +1,4 @@
-"""drivers.vfio against a fake sysfs tree whose FakeKernel applies the kernel's write semantics.
+"""gpuconform.drivers.vfio against a fake sysfs tree whose FakeKernel applies the kernel's write semantics.
 
 Every bind test compares the tree's final driver links and overrides with the snapshot taken
 before, so a missing rollback or restore fails the test rather than passing silently.
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers import vfio
-from drivers.base import Deadline, DeadlineExceeded
-from drivers.vfio import BindingState, VfioError, VfioTimeout
-from fixtures.fakesysfs import (
+from gpuconform.drivers import vfio
+from gpuconform.drivers.base import Deadline, DeadlineExceeded
+from gpuconform.drivers.vfio import BindingState, VfioError, VfioTimeout
+from gpuconform.fixtures.fakesysfs import (
     CLASS_VGA,
     FakeKernel,
     FakeSysfs,
@@ -320,9 +320,9 @@ CHILD = """
 import os, signal, sys
 from dataclasses import replace
 from pathlib import Path
-from drivers import vfio
-from drivers.base import Deadline
-from fixtures.fakesysfs import CLASS_VGA, FakeKernel, FakeSysfs
+from gpuconform.drivers import vfio
+from gpuconform.drivers.base import Deadline
+from gpuconform.fixtures.fakesysfs import CLASS_VGA, FakeKernel, FakeSysfs
 root, state_path, bdf, when = sys.argv[1:5]
 kernel = FakeKernel(FakeSysfs.load(Path(root)))
 def writer(path, data, *, timeout):
@@ -397,7 +397,7 @@ def test_write_sysfs_that_hangs_times_out(tmp_path: Path) -> None:
 
 
 def test_hole64_is_sized_from_the_gpus_bars_with_headroom(tmp_path: Path) -> None:
-    from drivers import pci_bars
+    from gpuconform.drivers import pci_bars
 
     tree = FakeSysfs.create(
         tmp_path / "sys",
