@@ -200,7 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     if args.action == "up":
         sim = SimHost.up(
@@ -371,13 +371,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from gpuconform.fixtures.images import build_all
+    from gpuconform.fixtures.build.images import build_all
 
     for name, ref in build_all(args.engine.split(","), args.kinds.split(",") if args.kinds else None).items():
         print(f"{name}: {ref}")
     if args.guest:
         from gpuconform.drivers.base import Deadline
-        from gpuconform.fixtures.guestimage import build_guest_image
+        from gpuconform.fixtures.build.guestimage import build_guest_image
 
         image = build_guest_image(deadline=Deadline(900))
         print(f"qemu guest: kernel {image.kernel}, initrd {image.initrd}")
@@ -385,7 +385,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from gpuconform.fixtures.kind.cluster import main as kind_main
+    from gpuconform.fixtures.sim.kind.cluster import main as kind_main
 
     return kind_main([args.action, *[a for a in args.kind_args if a != "--kind"]])
 

@@ -273,7 +273,9 @@ class DockerAdapter(Adapter):
         explicit = self.ctx.options.get(f"image.{kind}")
         if explicit:
             return explicit
-        from gpuconform.fixtures.images import ensure_image  # built from local packages; only when asked for
+        from gpuconform.fixtures.build.images import (
+            ensure_image,  # built from local packages; only when asked for
+        )
 
         return ensure_image("docker", kind, docker_host=self.base_url, deadline=Deadline(900))
 

@@ -38,7 +38,7 @@ from gpuconform.drivers.inventory import SCHEME_HOST
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection, select_gpus
 from gpuconform.drivers.subproc import run_command
-from gpuconform.fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
+from gpuconform.fixtures.sim.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
 
 NOT_ISOLATED: Expectation = "unsupported"
 OPT_PYTHON = "host.python"

@@ -23,7 +23,7 @@ VERSION_TIMEOUT_S = 3.0
 POLL_S = 0.25
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gpuconform"}
 # How the device plugin's DaemonSet is labelled by its Helm chart, by NVIDIA's static manifest,
-# and by the manifests in fixtures/kind (which carry both).
+# and by the manifests in fixtures/sim/kind (which carry both).
 DEVICE_PLUGIN_SELECTORS = ("app.kubernetes.io/name=nvidia-device-plugin", "name=nvidia-device-plugin-ds")
 
 

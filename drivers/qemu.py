@@ -47,7 +47,7 @@ from gpuconform.drivers.leases import Lease
 from gpuconform.drivers.qemu_vfio import VfioSite, vfio_sites
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.ssh import SshError, SshSession, generate_keys
-from gpuconform.fixtures.guestimage import GuestImage
+from gpuconform.fixtures.build.guestimage import GuestImage
 
 IMAGE_ENV = {"busybox-envall": {"NVIDIA_VISIBLE_DEVICES": "all"}}  # what that image kind bakes in
 PORT_ATTEMPTS = 3

@@ -4,7 +4,7 @@ The payload carries the per-VM SSH keys and, on the simulated host, the granted 
 simulated host's plan (faults already applied) says which device nodes and files each GPU
 injects (descriptors, the ``nvidia-smi`` ELF and its ``libnvidia-ml.so.1``), and the guest's /init
 recreates them from fw_cfg, so the guest ends up with the same layout as a container
-(fixtures/simgpu/layout.py) and runs the binary with its own glibc, as a real guest would.
+(fixtures/sim/simgpu/layout.py) and runs the binary with its own glibc, as a real guest would.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from typing import Any
 from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError
 from gpuconform.drivers.inventory import GpuRecord
 from gpuconform.drivers.ssh import SshKeys
-from gpuconform.fixtures.guestimage import DEFAULT_CACHE_DIR, GuestImage, build_guest_image, build_python_disk
-from gpuconform.fixtures.simgpu import layout
+from gpuconform.fixtures.build.guestimage import (
+    DEFAULT_CACHE_DIR,
+    GuestImage,
+    build_guest_image,
+    build_python_disk,
+)
+from gpuconform.fixtures.sim.simgpu import layout
 
 SUPPLIED_APPEND = "console=ttyS0 panic=-1"
 PYDISK_FLAG = "gpuconform.pydisk"
@@ -73,7 +78,7 @@ def guest_payload(injections: Iterable[Mapping[str, Any]]) -> GuestPayload:
 
 def sim_payload(ctx: AdapterContext, gpus: Sequence[GpuRecord]) -> GuestPayload:
     """The payload for ``gpus`` from the simulated host of this run (``sim.root``, or by instance)."""
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     root = ctx.options.get("sim.root")
     instance = ctx.inventory.cdi_kind.rsplit("/", 1)[-1]
@@ -132,7 +137,7 @@ def boot_disks(
     if rootfs:
         tarball = Path(rootfs)
     else:
-        from gpuconform.fixtures.images import rootfs_tarball  # builds it with debootstrap on first use
+        from gpuconform.fixtures.build.images import rootfs_tarball  # builds it with debootstrap on first use
 
         tarball = rootfs_tarball("python", deadline)
     cache = Path(options.get("qemu.guest_cache") or DEFAULT_CACHE_DIR)

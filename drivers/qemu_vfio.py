@@ -35,7 +35,7 @@ class VfioSite:
         """The fake tree needs its FakeKernel to give writes meaning; the real one has the kernel."""
         if not self.fake:
             return None, time.sleep
-        from gpuconform.fixtures.fakesysfs import FakeKernel, FakeSysfs
+        from gpuconform.fixtures.sim.fakesysfs import FakeKernel, FakeSysfs
 
         kernel = FakeKernel(FakeSysfs.load(self.sysfs_root))
         return kernel, kernel.sleep
@@ -108,7 +108,7 @@ class VfioSite:
 
 def _fake_tree(ctx: AdapterContext, root: Path, create: bool) -> bool:
     """Whether the fake tree exists (building it from the inventory first when ``create``)."""
-    from gpuconform.fixtures.fakesysfs import META, FakeSysfs
+    from gpuconform.fixtures.sim.fakesysfs import META, FakeSysfs
 
     if (root / META).exists():
         return True

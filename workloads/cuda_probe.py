@@ -11,7 +11,7 @@ because the document says what failed; a non-zero exit means the probe itself br
 
 Modes: ``cupy`` (a real CUDA device through cupy), ``driver`` (no cupy, but libcuda: CUDA's
 initialisation and the devices' identities through the driver API, no checks), ``simulated`` (the
-simulated GPU host's nodes and descriptors, see fixtures/simgpu/layout.py; checks run on numpy
+simulated GPU host's nodes and descriptors, see fixtures/sim/simgpu/layout.py; checks run on numpy
 and every result is marked simulated, timings are reported with ``judged: false``), ``none``
 (neither). Identity always comes from the driver API where libcuda loads (``cuDeviceGetUuid_v2``
 into 16 bytes; cupy's properties UUID loses everything after a zero byte). Every document says
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 PROBE_VERSION = 1
-# Mirrors fixtures/simgpu/layout.py (a unit test keeps them equal; this file cannot import it).
+# Mirrors fixtures/sim/simgpu/layout.py (a unit test keeps them equal; this file cannot import it).
 DEFAULT_DEV_DIR = "/dev"
 DEFAULT_DESC_DIR = "/run/gpuconform-sim/gpus"
 ENV_DEV_DIR = "SIMGPU_DEV_DIR"
@@ -479,10 +479,11 @@ def run_checks(
         "matmul_tflops": None,
     }
     if timed:
-        for key, fn in (
+        benches: tuple[tuple[str, Callable[[], Any]], ...] = (
             ("bandwidth", lambda: measure_bandwidth(b, sizes["copy_mib"] << 20, repeats, judged)),
             ("matmul_tflops", lambda: measure_matmul_tflops(b, sizes["bench_matmul"], repeats, judged)),
-        ):
+        )
+        for key, fn in benches:
             try:
                 out[key] = fn()
             except Exception as exc:

@@ -24,7 +24,7 @@ HOOK_NAME = "nvidia-container-runtime-hook"
 
 #: The newest cdiVersion each engine's vendored CDI library accepts (a newer spec makes every
 #: device of that spec unresolvable). Podman 4.3's limit was checked against the real engine
-#: here (fixtures/simgpu/cdi.py); the others follow the library version each release vendors.
+#: here (fixtures/sim/simgpu/cdi.py); the others follow the library version each release vendors.
 PODMAN_CDI_MAX: tuple[tuple[tuple[int, int], str], ...] = (
     ((5, 3), "0.8.0"),
     ((5, 1), "0.7.0"),
@@ -154,7 +154,7 @@ def engine_lines(
 
 
 def _sim_docker_checks(facts: HostFacts, path: str) -> tuple[list[Check], Engine | None]:
-    from gpuconform.fixtures.simgpu import dockerd
+    from gpuconform.fixtures.sim.simgpu import dockerd
 
     checks: list[Check] = []
     try:

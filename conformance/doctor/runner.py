@@ -119,8 +119,8 @@ def _driver_checks(
 @contextlib.contextmanager
 def _facts(opts: DoctorOptions) -> Iterator[HostFacts]:
     """The real host, an existing simulated instance, or one brought up (and down) for the check."""
-    from gpuconform.fixtures.environment import discover_real_inventory
-    from gpuconform.fixtures.simgpu.host import DEFAULT_SIM_BASE, SimHost
+    from gpuconform.fixtures.sim.environment import discover_real_inventory
+    from gpuconform.fixtures.sim.simgpu.host import DEFAULT_SIM_BASE, SimHost
 
     dirs = opts.cdi_dirs or DEFAULT_CDI_DIRS
     if opts.sim_instance:
@@ -146,7 +146,7 @@ def _facts(opts: DoctorOptions) -> Iterator[HostFacts]:
 
 
 def _sim_facts(sim: object, dirs: tuple[Path, ...], label: str) -> HostFacts:
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     assert isinstance(sim, SimHost)
     spec_dir = sim.cdi_spec_path.parent

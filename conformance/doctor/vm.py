@@ -41,8 +41,8 @@ def qemu_checks(facts: HostFacts, binary: str = "qemu-system-x86_64") -> list[Ch
 
 
 def _guest() -> list[Check]:
-    """What the guest image is built from (fixtures/guestimage.py), and whether one is cached."""
-    from gpuconform.fixtures.guestimage import BUSYBOX, DEFAULT_CACHE_DIR, DROPBEAR
+    """What the guest image is built from (fixtures/build/guestimage.py), and whether one is cached."""
+    from gpuconform.fixtures.build.guestimage import BUSYBOX, DEFAULT_CACHE_DIR, DROPBEAR
 
     out = []
     for path, package in ((BUSYBOX, "busybox-static"), (DROPBEAR, "dropbear-bin")):

@@ -32,8 +32,8 @@ from gpuconform.drivers.base import AdapterContext, Deadline
 from gpuconform.drivers.docker import DockerCdiAdapter
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.simgpu.dockerd import PrivateDockerd
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.simgpu.dockerd import PrivateDockerd
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 CLI_TIMEOUT_S = 60
 

@@ -32,7 +32,7 @@ from gpuconform.drivers.base import AdapterContext, Deadline  # noqa: E402
 from gpuconform.drivers.leases import GpuLeases  # noqa: E402
 from gpuconform.drivers.qemu import QemuAdapter, QemuSandbox  # noqa: E402
 from gpuconform.drivers.request import GpuRequest  # noqa: E402
-from gpuconform.fixtures.simgpu.host import SimHost  # noqa: E402
+from gpuconform.fixtures.sim.simgpu.host import SimHost  # noqa: E402
 
 GUEST_MARK = re.compile(r"gpuconform-guest: (userspace up|starting sshd) after ([0-9.]+)s")
 

@@ -15,8 +15,12 @@ from typing import Any
 import pytest
 
 from gpuconform.drivers.base import Deadline
-from gpuconform.fixtures.images import ensure_image
-from gpuconform.fixtures.simgpu.podman_config import PodmanConfigError, ensure_containers_conf, podman_info_ok
+from gpuconform.fixtures.build.images import ensure_image
+from gpuconform.fixtures.sim.simgpu.podman_config import (
+    PodmanConfigError,
+    ensure_containers_conf,
+    podman_info_ok,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

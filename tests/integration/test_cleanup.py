@@ -161,8 +161,8 @@ def test_gc_stops_a_dockerd_whose_run_died_before_recording_it() -> None:
     the dead simulated host's instance, stops them and purges their data roots."""
     from gpuconform.drivers.base import Deadline
     from gpuconform.fixtures.reaper import reap_dead_runs
-    from gpuconform.fixtures.simgpu.dockerd import PrivateDockerd
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.dockerd import PrivateDockerd
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     dead = subprocess.Popen(["true"])
     dead.wait(timeout=10)

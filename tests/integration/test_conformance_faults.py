@@ -18,7 +18,7 @@ import pytest
 from filelock import FileLock
 
 from gpuconform.conformance.catalogue import CATALOGUE
-from gpuconform.fixtures.simgpu.profiles import sim_uuid
+from gpuconform.fixtures.sim.simgpu.profiles import sim_uuid
 
 pytestmark = pytest.mark.integration
 

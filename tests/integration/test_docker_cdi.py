@@ -27,8 +27,8 @@ from gpuconform.drivers.base import LABEL_RUN, AdapterContext, Deadline, Request
 from gpuconform.drivers.docker import DockerAdapter, DockerCdiAdapter, DockerLegacyAdapter
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.simgpu.dockerd import ENGINE26_HINT, ENGINE26_ROOT, PrivateDockerd
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.simgpu.dockerd import ENGINE26_HINT, ENGINE26_ROOT, PrivateDockerd
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 UUID_LINE = re.compile(r"^GPU \d+: .+ \(UUID: (GPU-[0-9a-f-]+)\)$")

@@ -26,8 +26,8 @@ from gpuconform.drivers.docker import DockerAdapter, DockerLegacyAdapter
 from gpuconform.drivers.inventory import Inventory, default_native_ids
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.simgpu.dockerd import DockerdError, PrivateDockerd
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.simgpu.dockerd import DockerdError, PrivateDockerd
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 UUID_LINE = re.compile(r"^GPU \d+: .+ \(UUID: (GPU-[0-9a-f-]+)\)$")

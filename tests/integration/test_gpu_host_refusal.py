@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuconform.fixtures.environment import ROOT_VARIABLES
-from gpuconform.fixtures.fakesysfs import FakeSysfs
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.environment import ROOT_VARIABLES
+from gpuconform.fixtures.sim.fakesysfs import FakeSysfs
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

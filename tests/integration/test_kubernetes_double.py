@@ -1,6 +1,6 @@
 """The kubernetes adapter end to end: the real client, over HTTP, against the API double.
 
-The double (fixtures/kubedouble) schedules pods onto a simulated host's GPUs like the scheduler
+The double (fixtures/sim/kubedouble) schedules pods onto a simulated host's GPUs like the scheduler
 and device plugin would, and runs each one for real as a Podman container with the CDI devices
 the device plugin would have allocated, so what a pod sees is what the simulated host's CDI spec
 injects. Everything created here (containers, simulated host, CDI spec) is removed at the end.
@@ -27,8 +27,8 @@ from gpuconform.drivers.base import (
 from gpuconform.drivers.kubernetes import DEVICE_IDS_UNSUPPORTED, KubernetesAdapter
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.kubedouble import KubeDouble
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.kubedouble import KubeDouble
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 pytestmark = pytest.mark.integration
 COUNT_OVER_BOUND_S = 5.0  # what this test holds count.over to against the double

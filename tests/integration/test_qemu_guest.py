@@ -24,9 +24,9 @@ from gpuconform.drivers.base import AdapterContext, Deadline
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter, QemuSandbox
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.fakesysfs import FakeSysfs
-from gpuconform.fixtures.guestimage import build_guest_image
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.build.guestimage import build_guest_image
+from gpuconform.fixtures.sim.fakesysfs import FakeSysfs
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 from gpuconform.workloads.nvidia_smi import parse_list
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,7 @@ from gpuconform.drivers.base import AdapterContext, Deadline
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 sim_root, tmp, run_id = sys.argv[1:4]
 sim = SimHost.load(Path(sim_root))
 ctx = AdapterContext(sim.inventory, GpuLeases(Path(tmp) / "leases"), run_id=run_id,

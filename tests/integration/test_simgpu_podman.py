@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from gpuconform.drivers.base import Deadline
-from gpuconform.fixtures.images import ensure_image
-from gpuconform.fixtures.simgpu import cdi
-from gpuconform.fixtures.simgpu.host import DEFAULT_CDI_DIR, SimHost
-from gpuconform.fixtures.simgpu.layout import NVML_SONAME
+from gpuconform.fixtures.build.images import ensure_image
+from gpuconform.fixtures.sim.simgpu import cdi
+from gpuconform.fixtures.sim.simgpu.host import DEFAULT_CDI_DIR, SimHost
+from gpuconform.fixtures.sim.simgpu.layout import NVML_SONAME
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 120

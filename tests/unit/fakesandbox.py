@@ -4,7 +4,7 @@ The judges (conformance/observe.py, conformance/compute.py, fixtures/cell.py's r
 fixtures/outcomes.py) only ever see a sandbox through ``exec``: nvidia-smi's output and exit
 code, the ``/dev`` listing, the probe's JSON document, or an engine's refusal. ``FakeAdapter``
 provisions ``FakeSandbox``es whose answers are built the way the simulated host builds them
-(fixtures/simgpu/faults.py: the faults act on which GPUs a request's entries inject), and a
+(fixtures/sim/simgpu/faults.py: the faults act on which GPUs a request's entries inject), and a
 ``Shape`` can replace any answer with a field shape from the failure-class survey
 (../shared/research/failure-classes.md): NVML errors, a binary that cannot execute, a node leak.
 
@@ -41,7 +41,7 @@ from gpuconform.drivers.request import GpuRequest
 from gpuconform.fixtures.cell import CaseOutcome, Cell
 from gpuconform.fixtures.outcomes import exception_verdict
 from gpuconform.fixtures.runtime import SandboxCache
-from gpuconform.fixtures.simgpu.profiles import foreign_uuid, get_profile
+from gpuconform.fixtures.sim.simgpu.profiles import foreign_uuid, get_profile
 from gpuconform.reports.evidence import Verdict
 from gpuconform.workloads.compute_judge import DEFAULT_THRESHOLDS
 

@@ -141,7 +141,7 @@ def test_a_fault_with_an_instance_is_refused(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An instance keeps the faults it was started with; --sim-fault beside it would be ignored."""
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     monkeypatch.setattr(SimHost, "find", classmethod(lambda cls, name, base=None: object()))
     line = _one_line_error(

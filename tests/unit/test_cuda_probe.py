@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpuconform.fixtures.simgpu import layout
+from gpuconform.fixtures.sim.simgpu import layout
 from gpuconform.workloads import compute_judge, cuda_probe
 from tests.fakes.cupy_twin import FakeCupy
 

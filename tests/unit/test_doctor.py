@@ -19,8 +19,8 @@ import yaml
 from gpuconform.conformance.cli import main
 from gpuconform.conformance.doctor import DoctorOptions, DoctorReport, Status, run_doctor
 from gpuconform.conformance.doctor.engines import PODMAN_CDI_MAX, cdi_max_for, engine_lines
-from gpuconform.fixtures.simgpu import cdi
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.simgpu import cdi
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes (mknod) needs root")
 

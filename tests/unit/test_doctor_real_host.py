@@ -1,7 +1,7 @@
 """Doctor's real-host checks against the most faithful doubles there are here.
 
 No GPU, IOMMU or cluster exists on this machine: the QEMU/VFIO lines run against the fake sysfs
-tree the VFIO code is tested with (fixtures/fakesysfs.py), the Kubernetes lines against the API
+tree the VFIO code is tested with (fixtures/sim/fakesysfs.py), the Kubernetes lines against the API
 double through the real client, and the Docker lines against engine facts as the API reports
 them. What these doubles cannot show (a real IOMMU, a real device plugin) is checked on GPU
 runners only.
@@ -20,7 +20,7 @@ from gpuconform.conformance.doctor.hostfacts import HostFacts, host_checks
 from gpuconform.conformance.doctor.model import Check, Status
 from gpuconform.conformance.doctor.vm import qemu_checks
 from gpuconform.drivers.inventory import Inventory, records_from_query
-from gpuconform.fixtures.fakesysfs import FakeSysfs, intel_nic, nvidia_audio, nvidia_gpu
+from gpuconform.fixtures.sim.fakesysfs import FakeSysfs, intel_nic, nvidia_audio, nvidia_gpu
 
 GPU_A, GPU_B = "0000:18:00.0", "0000:2a:00.0"
 
@@ -90,8 +90,8 @@ def test_qemu_without_iommu_says_how_to_turn_it_on(tmp_path: Path) -> None:
 def test_kubernetes_context_device_plugin_and_allocatable_gpus_through_the_real_client(
     tmp_path: Path,
 ) -> None:
-    from gpuconform.fixtures.kubedouble import KubeDouble
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.kubedouble import KubeDouble
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     (tmp_path / "cdi").mkdir()
     sim = SimHost.up("h100x4", instance=f"kd{os.getpid()}", cdi_dir=tmp_path / "cdi", owner_pid=os.getpid())

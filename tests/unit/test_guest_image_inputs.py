@@ -10,15 +10,15 @@ import pytest
 
 from gpuconform.drivers.base import Deadline
 from gpuconform.drivers.qemu_guest import guest_payload
-from gpuconform.fixtures import guestimage
-from gpuconform.fixtures.glibc import host_glibc
-from gpuconform.fixtures.guestimage import (
+from gpuconform.fixtures.build import guestimage
+from gpuconform.fixtures.build.glibc import host_glibc
+from gpuconform.fixtures.build.guestimage import (
     GuestImageError,
     builtin_modules,
     kernel_meta_package,
     parse_os_release,
 )
-from gpuconform.fixtures.simgpu.host import SimHost
+from gpuconform.fixtures.sim.simgpu.host import SimHost
 
 DEBIAN_12 = """PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
 NAME="Debian GNU/Linux"
@@ -69,7 +69,7 @@ def test_builtin_modules_are_not_loaded(tmp_path: Path) -> None:
 
 
 def test_staged_tree_has_the_loader_where_binaries_ask_for_it(tmp_path: Path) -> None:
-    from gpuconform.fixtures.glibc import install_glibc
+    from gpuconform.fixtures.build.glibc import install_glibc
 
     glibc = host_glibc()
     install_glibc(tmp_path, glibc)

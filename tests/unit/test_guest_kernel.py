@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuconform.fixtures.guestkernel import KernelFormatError, has_pvh_note, pvh_vmlinux
+from gpuconform.fixtures.build.guestkernel import KernelFormatError, has_pvh_note, pvh_vmlinux
 
 DEBS = Path("/var/cache/gpuconform/guest/debs")
 
@@ -96,7 +96,7 @@ def test_the_distribution_kernel_has_a_pvh_entry(tmp_path: Path) -> None:
 
 def test_the_boot_shortcuts_leave_what_vfio_needs_alone() -> None:
     """The command line may skip probing the VM lacks, never ACPI, PCI, MSI, the APIC or the IOMMU."""
-    from gpuconform.fixtures.guestimage import DEFAULT_APPEND
+    from gpuconform.fixtures.build.guestimage import DEFAULT_APPEND
 
     tokens = DEFAULT_APPEND.split()
     assert "console=ttyS0" in tokens and "panic=-1" in tokens

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from gpuconform.drivers.base import Deadline
-from gpuconform.fixtures import images
-from gpuconform.fixtures.glibc import elf_interpreter, host_glibc, parse_ldconfig
-from gpuconform.fixtures.simgpu.layout import sandbox_nvml_path
-from gpuconform.fixtures.simgpu.smi_build import ensure_built
+from gpuconform.fixtures.build import images
+from gpuconform.fixtures.build.glibc import elf_interpreter, host_glibc, parse_ldconfig
+from gpuconform.fixtures.sim.simgpu.layout import sandbox_nvml_path
+from gpuconform.fixtures.sim.simgpu.smi_build import ensure_built
 
 LDCONFIG_SAMPLE = """\
 1234 libs found in cache `/etc/ld.so.cache'

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from gpuconform.fixtures.kubedouble.runner import ContainerSpec, run_argv
-from gpuconform.fixtures.kubedouble.scheduling import ApiError, gpu_limit, node_allowed
-from gpuconform.fixtures.kubedouble.selectors import SelectorError, field_selector, label_selector
+from gpuconform.fixtures.sim.kubedouble.runner import ContainerSpec, run_argv
+from gpuconform.fixtures.sim.kubedouble.scheduling import ApiError, gpu_limit, node_allowed
+from gpuconform.fixtures.sim.kubedouble.selectors import SelectorError, field_selector, label_selector
 
 
 def pod(limits: dict[str, Any] | None = None, requests: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuconform.fixtures.kind.cluster import (
+from gpuconform.fixtures.sim.kind.cluster import (
     DEVICE_PLUGIN_IMAGE,
     DEVICE_PLUGIN_MANIFEST,
     KIND_CONFIG,

@@ -14,9 +14,9 @@ from gpuconform.drivers.inventory import Inventory
 from gpuconform.drivers.kube_truth import inventory_from_probes
 from gpuconform.drivers.kubernetes import KubernetesAdapter
 from gpuconform.drivers.leases import GpuLeases
-from gpuconform.fixtures.images import IMAGES, image_ref
-from gpuconform.fixtures.kind import cluster as kind
-from gpuconform.fixtures.kind import images as kind_images
+from gpuconform.fixtures.build.images import IMAGES, image_ref
+from gpuconform.fixtures.sim.kind import cluster as kind
+from gpuconform.fixtures.sim.kind import images as kind_images
 
 
 def write_kubeconfig(path: Path, server: str, context: str) -> Path:
@@ -87,7 +87,7 @@ def test_cluster_up_loads_every_image_kind_and_records_the_kubeconfig(
         workdir.mkdir(parents=True, exist_ok=True)
         return write_kubeconfig(workdir / "kubeconfig", "https://127.0.0.1:40000", opts.context)
 
-    monkeypatch.setattr("gpuconform.fixtures.images.ensure_image", fake_ensure)
+    monkeypatch.setattr("gpuconform.fixtures.build.images.ensure_image", fake_ensure)
     monkeypatch.setattr(kind, "cluster_up", fake_up)
     monkeypatch.setattr(kind, "load_image", lambda opts, image, deadline=None: loaded.append(image))
     record = tmp_path / "kind-cluster.json"

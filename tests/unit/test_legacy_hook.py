@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from gpuconform.fixtures.simgpu.layout import SANDBOX_DESC_DIR, SANDBOX_NVIDIA_SMI
+from gpuconform.fixtures.sim.simgpu.layout import SANDBOX_DESC_DIR, SANDBOX_NVIDIA_SMI
 
-HOOK = Path(__file__).resolve().parents[2] / "fixtures" / "simgpu" / "legacy_hook.py"
+HOOK = Path(__file__).resolve().parents[2] / "fixtures" / "sim" / "simgpu" / "legacy_hook.py"
 UUIDS = [f"GPU-0000000{i}-aaaa-bbbb-cccc-dddddddddddd" for i in range(4)]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hook creates device nodes (mknod needs root)")
@@ -171,7 +171,7 @@ def test_a_symlink_out_of_the_rootfs_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the simulated host and the hook's mknod need root")
 def test_a_real_plan_injects_the_elf_and_its_library_but_no_loader(tmp_path: Path) -> None:
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     (tmp_path / "cdi").mkdir()
     sim = SimHost.up(

@@ -175,9 +175,10 @@ def test_two_items_claiming_one_cell_fail_the_run_naming_it(run: Run) -> None:
 
 
 def test_default_columns_leave_vm_passthrough_out_on_a_real_gpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuconform.fixtures import environment, plugin
+    from gpuconform.fixtures import plugin
     from gpuconform.fixtures.hostgpus import NvidiaPresence, PciNvidia
     from gpuconform.fixtures.settings import Settings
+    from gpuconform.fixtures.sim import environment
 
     gpu = NvidiaPresence(functions=(PciNvidia("0000:18:00.0", 0x030200, "nvidia"),), control_node=True)
     monkeypatch.setattr(environment, "detect_nvidia", lambda *roots: gpu)

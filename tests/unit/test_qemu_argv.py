@@ -17,9 +17,9 @@ from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter, QemuSingleAdapter
 from gpuconform.drivers.qemu_guest import guest_payload
 from gpuconform.drivers.request import GpuRequest
-from gpuconform.fixtures.simgpu.faults import parse_faults
-from gpuconform.fixtures.simgpu.plan import build_plan, injection
-from gpuconform.fixtures.simgpu.profiles import get_profile
+from gpuconform.fixtures.sim.simgpu.faults import parse_faults
+from gpuconform.fixtures.sim.simgpu.plan import build_plan, injection
+from gpuconform.fixtures.sim.simgpu.profiles import get_profile
 
 KIND = "sim.gpuconform.dev/unit"
 

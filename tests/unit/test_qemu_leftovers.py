@@ -21,7 +21,7 @@ from gpuconform.drivers.base import LABEL_CASE, LABEL_RUN, LABEL_WORKER, Adapter
 from gpuconform.drivers.inventory import Inventory
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter
-from gpuconform.fixtures.simgpu.profiles import get_profile
+from gpuconform.fixtures.sim.simgpu.profiles import get_profile
 
 KIND = "sim.gpuconform.dev/unit"
 RUN = "lo1"

@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 
 from gpuconform.drivers.registry import BUILTIN, default_drivers
-from gpuconform.fixtures import environment
-from gpuconform.fixtures.environment import EnvironmentSetupError, discover_real_inventory, ensure_environment
-from gpuconform.fixtures.fakesysfs import FakeSysfs, intel_nic, nvidia_audio, nvidia_gpu
 from gpuconform.fixtures.hostgpus import UNKNOWN_UUID_PREFIX, HostGpuError, detect_nvidia
 from gpuconform.fixtures.settings import Settings
+from gpuconform.fixtures.sim import environment
+from gpuconform.fixtures.sim.environment import (
+    EnvironmentSetupError,
+    discover_real_inventory,
+    ensure_environment,
+)
+from gpuconform.fixtures.sim.fakesysfs import FakeSysfs, intel_nic, nvidia_audio, nvidia_gpu
 
 MISMATCH = "Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 580.95"
 
@@ -54,7 +58,7 @@ def gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSysfs:
 
 
 def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuconform.fixtures.simgpu.host import SimHost
+    from gpuconform.fixtures.sim.simgpu.host import SimHost
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a simulated host was brought up on a GPU host")

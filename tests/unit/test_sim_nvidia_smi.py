@@ -3,7 +3,7 @@
 It must behave like the real tool where the harness looks (formats, renumbering, exit codes), and
 be shaped like it: a dynamically linked program that needs the glibc loader and its NVML library,
 so that an image without glibc cannot run it (tests/integration/test_simgpu_podman.py runs that).
-Every test runs the binary built from fixtures/simgpu/smi/ into this session's own cache.
+Every test runs the binary built from fixtures/sim/simgpu/smi/ into this session's own cache.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from gpuconform.fixtures.simgpu.faults import parse_faults
-from gpuconform.fixtures.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, NVML_SONAME, format_descriptor
-from gpuconform.fixtures.simgpu.plan import descriptor_fields
-from gpuconform.fixtures.simgpu.profiles import SimGpu, get_profile
-from gpuconform.fixtures.simgpu.smi_build import SmiBuild, ensure_built
+from gpuconform.fixtures.sim.simgpu.faults import parse_faults
+from gpuconform.fixtures.sim.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, NVML_SONAME, format_descriptor
+from gpuconform.fixtures.sim.simgpu.plan import descriptor_fields
+from gpuconform.fixtures.sim.simgpu.profiles import SimGpu, get_profile
+from gpuconform.fixtures.sim.simgpu.smi_build import SmiBuild, ensure_built
 from gpuconform.workloads import nvidia_smi as parsers
 
 GPUS = get_profile("h100x4").gpus
@@ -274,7 +274,7 @@ def test_workloads_parsers_accept_the_simulated_output(box: Sandbox) -> None:
 
 
 def test_an_unusable_cache_is_a_one_line_error(tmp_path: Path) -> None:
-    from gpuconform.fixtures.simgpu.smi_build import SmiBuildError
+    from gpuconform.fixtures.sim.simgpu.smi_build import SmiBuildError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

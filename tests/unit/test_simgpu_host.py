@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from gpuconform.drivers.inventory import Inventory
-from gpuconform.fixtures.simgpu import cdi
-from gpuconform.fixtures.simgpu.host import SimHost, SimHostError
-from gpuconform.fixtures.simgpu.layout import parse_descriptor
-from gpuconform.fixtures.simgpu.profiles import foreign_uuid, get_profile
+from gpuconform.fixtures.sim.simgpu import cdi
+from gpuconform.fixtures.sim.simgpu.host import SimHost, SimHostError
+from gpuconform.fixtures.sim.simgpu.layout import parse_descriptor
+from gpuconform.fixtures.sim.simgpu.profiles import foreign_uuid, get_profile
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes (mknod) needs root")
 

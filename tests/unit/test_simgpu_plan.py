@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuconform.fixtures.simgpu import cdi
-from gpuconform.fixtures.simgpu.faults import parse_faults
-from gpuconform.fixtures.simgpu.plan import build_plan, descriptor_fields, injection
-from gpuconform.fixtures.simgpu.profiles import foreign_uuid, get_profile
+from gpuconform.fixtures.sim.simgpu import cdi
+from gpuconform.fixtures.sim.simgpu.faults import parse_faults
+from gpuconform.fixtures.sim.simgpu.plan import build_plan, descriptor_fields, injection
+from gpuconform.fixtures.sim.simgpu.profiles import foreign_uuid, get_profile
 
 ROOT = Path("/run/gpuconform/sim/gpu")
 GPUS = get_profile("h100x4").gpus
@@ -176,14 +176,14 @@ def test_extra_node_adds_the_next_gpus_node_without_its_descriptor() -> None:
 
 
 def test_extra_node_needs_a_second_gpu() -> None:
-    from gpuconform.fixtures.simgpu.faults import FaultError
+    from gpuconform.fixtures.sim.simgpu.faults import FaultError
 
     with pytest.raises(FaultError, match="needs a second GPU"):
         parse_faults(["extra-node:0"], 1)
 
 
 def _named_spec(profile: str) -> dict[str, Any]:
-    from gpuconform.fixtures.simgpu.profiles import get_profile as profile_of
+    from gpuconform.fixtures.sim.simgpu.profiles import get_profile as profile_of
 
     plan = build_plan("gpu", profile_of(profile).gpus, (), ROOT)
     return cdi.cdi_spec(plan)

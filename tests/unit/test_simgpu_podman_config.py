@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuconform.fixtures.simgpu.podman_config import (
+from gpuconform.fixtures.sim.simgpu.podman_config import (
     PodmanConfigError,
     ensure_containers_conf,
     main,

@@ -7,8 +7,14 @@ import re
 import pytest
 
 from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_PCI
-from gpuconform.fixtures.simgpu.faults import Fault, FaultError, parse_fault, parse_faults, source_string
-from gpuconform.fixtures.simgpu.profiles import PROFILES, ProfileError, foreign_uuid, get_profile, sim_uuid
+from gpuconform.fixtures.sim.simgpu.faults import Fault, FaultError, parse_fault, parse_faults, source_string
+from gpuconform.fixtures.sim.simgpu.profiles import (
+    PROFILES,
+    ProfileError,
+    foreign_uuid,
+    get_profile,
+    sim_uuid,
+)
 
 UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -120,7 +126,7 @@ def test_source_string_records_the_faults() -> None:
 
 
 def test_profile_options_choose_the_cdi_naming_and_keep_the_uuids() -> None:
-    from gpuconform.fixtures.simgpu.profiles import ProfileError, get_profile
+    from gpuconform.fixtures.sim.simgpu.profiles import ProfileError, get_profile
 
     plain, named = get_profile("h100x4"), get_profile("h100x4:cdi=uuid:no-all")
     assert (named.cdi_naming, named.cdi_all) == ("uuid", False)

@@ -21,7 +21,7 @@ import pytest
 from gpuconform.drivers import vfio
 from gpuconform.drivers.base import Deadline, DeadlineExceeded
 from gpuconform.drivers.vfio import BindingState, VfioError, VfioTimeout
-from gpuconform.fixtures.fakesysfs import (
+from gpuconform.fixtures.sim.fakesysfs import (
     CLASS_VGA,
     FakeKernel,
     FakeSysfs,
@@ -322,7 +322,7 @@ from dataclasses import replace
 from pathlib import Path
 from gpuconform.drivers import vfio
 from gpuconform.drivers.base import Deadline
-from gpuconform.fixtures.fakesysfs import CLASS_VGA, FakeKernel, FakeSysfs
+from gpuconform.fixtures.sim.fakesysfs import CLASS_VGA, FakeKernel, FakeSysfs
 root, state_path, bdf, when = sys.argv[1:5]
 kernel = FakeKernel(FakeSysfs.load(Path(root)))
 def writer(path, data, *, timeout):
