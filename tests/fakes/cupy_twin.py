@@ -127,7 +127,7 @@ class FakeCupy:
         return np.array(a)
 
     def empty_like(self, a: Any) -> TwinArray:
-        return np.empty_like(a).view(TwinArray)
+        return np.empty_like(np.asarray(a)).view(TwinArray)
 
     def copyto(self, dst: Any, src: Any) -> None:
         np.copyto(dst, src)

@@ -38,7 +38,9 @@ class Run:
 
     @property
     def results(self) -> dict[str, Any]:
-        return json.loads((self.out_dir / "results.json").read_text())
+        doc = json.loads((self.out_dir / "results.json").read_text())
+        assert isinstance(doc, dict), "results.json is not a JSON object"
+        return doc
 
     def verdicts(self, driver: str) -> dict[str, str]:
         return {r["case"]: r["verdict"] for r in self.results["records"] if r["driver"] == driver}

@@ -70,6 +70,6 @@ def test_run_on_a_gpu_host_with_a_failing_nvidia_smi_errors_every_cell_and_simul
     ]
     for name, props in verdicts.items():
         assert (props["verdict"], props["simulated"]) == ("error", "false"), name
-        assert "exited 18 (LIB_RM_VERSION_MISMATCH)" in props["reason"], (name, props["reason"])
+        assert "exited 18 (LIB_RM_VERSION_MISMATCH)" in str(props["reason"]), (name, props["reason"])
     results = (out / "results.json").read_text()
     assert '"simulated": true' not in results and '"verdict": "pass"' not in results

@@ -89,6 +89,7 @@ def test_vm_with_two_gpus_sees_exactly_them_and_teardown_leaves_nothing(sim: Sim
         )
         listed = sandbox.exec(["nvidia-smi", "-L"], timeout=30)
         assert listed.ok, listed
+        assert sandbox.granted is not None
         assert {g.uuid for g in parse_list(listed.stdout)} == sandbox.granted
         assert len(sandbox.granted) == 2 and sandbox.granted <= sim.inventory.uuids
         nodes = sandbox.exec(["ls", "/dev"], timeout=30).stdout.split()
@@ -181,7 +182,7 @@ def test_python_vm_runs_numpy_and_shows_an_injected_fault(faulty_sim: SimHost, t
         seen = {g.uuid for g in parse_list(sandbox.exec(["nvidia-smi", "-L"], timeout=30).stdout)}
         gpu2 = next(g.uuid for g in faulty_sim.inventory.gpus if g.index == 2)
         gpu1 = next(g.uuid for g in faulty_sim.inventory.gpus if g.index == 1)
-        assert sandbox.granted == {gpu1}
+        assert sandbox.granted == frozenset({gpu1})
         assert seen == {gpu2}  # the fault reaches the guest, so the harness can catch it
         result = sandbox.exec(
             ["python3", "-c", "import numpy; print(int(numpy.arange(10).sum()))"], timeout=120

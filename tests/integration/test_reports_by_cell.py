@@ -57,7 +57,7 @@ def _record(run: dict[str, Any], case: str) -> dict[str, Any]:
 
 
 def _allure_of(run: dict[str, Any], case: str) -> dict[str, Any]:
-    found = [d for d in run["allure"] if _labels(d).get("case") == [case]]
+    found: list[dict[str, Any]] = [d for d in run["allure"] if _labels(d).get("case") == [case]]
     assert len(found) == 1, (case, [d["name"] for d in run["allure"]])
     return found[0]
 

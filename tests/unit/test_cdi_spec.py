@@ -8,6 +8,7 @@ reported in one line without stopping the others from loading.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -40,8 +41,10 @@ def inventory(count: int = 1, minors: tuple[int, ...] | None = None) -> Inventor
     return Inventory("h", gpus, simulated=False, source="test", cdi_kind=KIND)
 
 
-def generated() -> dict:
-    return yaml.safe_load((CORPUS / "nvidia-ctk-generate-index.yaml").read_text())
+def generated() -> dict[str, Any]:
+    doc = yaml.safe_load((CORPUS / "nvidia-ctk-generate-index.yaml").read_text())
+    assert isinstance(doc, dict)
+    return doc
 
 
 def variant(tmp_path: Path, names: dict[str, str], gpus: int = 2, keep_all: bool = True) -> Path:
@@ -219,7 +222,7 @@ def test_every_cdi_version_from_0_3_to_0_8_reads(version: str) -> None:
         ),
     ],
 )
-def test_bad_specs_are_refused_with_one_line_naming_the_file(change: dict, message: str) -> None:
+def test_bad_specs_are_refused_with_one_line_naming_the_file(change: dict[str, Any], message: str) -> None:
     doc = {**generated(), **change}
     with pytest.raises(CdiSpecError, match=message) as info:
         parse_spec(yaml.safe_dump(doc), "/etc/cdi/x.yaml")

@@ -16,7 +16,8 @@ import pytest
 
 from gpuconform.conformance import compute
 from gpuconform.drivers.base import ExecResult
-from gpuconform.fixtures.cell import CaseOutcome, Verdict
+from gpuconform.fixtures.cell import CaseOutcome
+from gpuconform.reports.evidence import Verdict
 
 
 class FakeSandbox:

@@ -63,7 +63,9 @@ class FakeSandbox:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.count("\n") == 1, proc.stdout
-        return json.loads(proc.stdout)
+        doc = json.loads(proc.stdout)
+        assert isinstance(doc, dict), proc.stdout
+        return doc
 
 
 @pytest.fixture

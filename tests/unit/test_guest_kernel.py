@@ -17,10 +17,13 @@ from gpuconform.fixtures.build.guestkernel import KernelFormatError, has_pvh_not
 DEBS = Path("/var/cache/gpuconform/guest/debs")
 
 
+def _pad(b: bytes) -> bytes:
+    return b + b"\0" * (-len(b) % 4)
+
+
 def _note(name: bytes, kind: int, desc: bytes) -> bytes:
     name += b"\0"
-    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
-    return struct.pack("<III", len(name), len(desc), kind) + pad(name) + pad(desc)
+    return struct.pack("<III", len(name), len(desc), kind) + _pad(name) + _pad(desc)
 
 
 def _elf(notes: bytes, machine: int = 62) -> bytes:

@@ -101,7 +101,7 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
         ("teardown/untimed-own", "exclusive.concurrent", {"teardown_timing": False}),
     ]
     for key, the_case, stack in extra:
-        yield key, runner(the_case, lambda s=stack: world(**s))
+        yield key, runner(the_case, partial(world, **stack))
     for prefix, case, table, build in tables:
         for param in table:
             values = param.values
@@ -109,7 +109,7 @@ def _rows() -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
                 the_case, args = values[0], values[1:2]
             else:
                 the_case, args = case, values[: len(values) - 2]
-            yield f"{prefix}/{param.id}", runner(the_case, lambda b=build, a=args: b(*a))
+            yield f"{prefix}/{param.id}", runner(the_case, partial(build, *args))
 
 
 def _shared_runs() -> dict[str, Any]:
@@ -128,6 +128,12 @@ def _shared_runs() -> dict[str, Any]:
 
 def _judgement(j: cj.Judgement | None) -> Any:
     return None if j is None else {"verdict": j.verdict, "reason": j.reason, "parsed": j.parsed}
+
+
+def _judged(judge: Callable[..., cj.Judgement | None], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """A judge's call bound to its arguments now and judged when the golden row runs (a typed
+    stand-in for a lambda with default arguments, whose type mypy cannot infer)."""
+    return lambda: _judgement(judge(*args, **kwargs))
 
 
 def _docs() -> dict[str, dict[str, Any]]:
@@ -258,24 +264,18 @@ def _pure() -> Iterator[tuple[str, Callable[[], Any]]]:
     for dname, d in docs.items():
         for gname, (granted, count) in GRANTS.items():
             for jname, judge in judges.items():
-                yield (
-                    f"cj/{jname}/{dname}/{gname}",
-                    lambda j=judge, d=d, g=granted, c=count: _judgement(j(d, g, c)),
-                )
-            yield (
-                f"cj/uuid/{dname}/{gname}",
-                lambda d=d, g=granted, c=count: _judgement(cj.judge_uuid(d, g, c, {A, B})),
-            )
-        yield f"cj/init-smi/{dname}", lambda d=d: _judgement(cj.judge_init(d, frozenset([A]), 1, smi_count=1))
-        yield f"cj/ratios/{dname}", lambda d=d: cj.bandwidth_ratios(d, docs["two"])
+                yield f"cj/{jname}/{dname}/{gname}", _judged(judge, d, granted, count)
+            yield f"cj/uuid/{dname}/{gname}", _judged(cj.judge_uuid, d, granted, count, {A, B})
+        yield f"cj/init-smi/{dname}", _judged(cj.judge_init, d, frozenset([A]), 1, smi_count=1)
+        yield f"cj/ratios/{dname}", partial(cj.bandwidth_ratios, d, docs["two"])
     for bname, (mine, host, thresholds) in _bandwidth_docs().items():
         yield (
             f"cj/bandwidth/{bname}",
-            lambda m=mine, h=host, t=thresholds: _judgement(
-                cj.judge_bandwidth(m, h) if t is None else cj.judge_bandwidth(m, h, t)
-            ),
+            _judged(cj.judge_bandwidth, mine, host)
+            if thresholds is None
+            else _judged(cj.judge_bandwidth, mine, host, thresholds),
         )
-        yield f"cj/ratios/{bname}", lambda m=mine, h=host: cj.bandwidth_ratios(m, h)
+        yield f"cj/ratios/{bname}", partial(cj.bandwidth_ratios, mine, host)
     bare: dict[str, Any] = {"probe_version": 1}  # bandwidth_ratios reads documents that lack devices
     yield "cj/ratios/no-devices-key", lambda: cj.bandwidth_ratios(bare, docs["one"])
     yield "cj/ratios/host-no-devices-key", lambda: cj.bandwidth_ratios(docs["one"], bare)
@@ -285,15 +285,11 @@ def _pure() -> Iterator[tuple[str, Callable[[], Any]]]:
                 key = f"cj/gap/{gname}/cupy={needs_cupy}/sim={simulated_host}"
                 yield (
                     key,
-                    lambda d=gdoc, n=needs_cupy, s=simulated_host: _judgement(
-                        cj.environment_gap(d, needs_cupy=n, simulated_host=s)
-                    ),
+                    _judged(cj.environment_gap, gdoc, needs_cupy=needs_cupy, simulated_host=simulated_host),
                 )
         yield (
             f"cj/gap/{gname}/host-remedy",
-            lambda d=gdoc: _judgement(
-                cj.environment_gap(d, needs_cupy=True, simulated_host=False, remedy=cj.HOST_REMEDY)
-            ),
+            _judged(cj.environment_gap, gdoc, needs_cupy=True, simulated_host=False, remedy=cj.HOST_REMEDY),
         )
     outputs = {
         "empty": "  \n",
@@ -311,7 +307,7 @@ def _pure() -> Iterator[tuple[str, Callable[[], Any]]]:
         "good": json.dumps(docs["one"]),
     }
     for oname, text in outputs.items():
-        yield f"cj/parse/{oname}", lambda t=text: _parse(t)
+        yield f"cj/parse/{oname}", partial(_parse, text)
 
 
 def _parse(text: str) -> Any:
@@ -369,7 +365,7 @@ def _gates() -> Iterator[tuple[str, Callable[[], Any]]]:
 
                 yield key, run
     for wname, text in WAIVER_FILES.items():
-        yield f"waivers/{wname}", lambda n=wname, t=text: _load_waivers(n, t)
+        yield f"waivers/{wname}", partial(_load_waivers, wname, text)
     yield from _scopes()
     yield (
         "gate/profile",

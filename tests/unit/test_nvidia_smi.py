@@ -247,8 +247,8 @@ def test_parse_query_mig_gpus_report_memory_used_as_unavailable() -> None:
 def test_parse_query_bracketed_values_are_unavailable_and_distinct_from_missing_fields() -> None:
     rows = parse_query(read("degraded_query_noheader_units.csv"), DEGRADED_FIELDS)
     assert rows[0]["power.draw"] == "57.84 W"
+    assert rows[1]["power.draw"] != "[N/A]"  # not the bare text: a value that could not be read
     assert rows[1]["power.draw"] == Unavailable("[N/A]")
-    assert rows[1]["power.draw"] != "[N/A]"
     assert rows[1]["ecc.mode.current"] == Unavailable("[Not Supported]")
     assert rows[2]["memory.total"] == Unavailable("[Unknown Error]")
     assert rows[2]["serial"] == Unavailable("[Insufficient Permissions]")

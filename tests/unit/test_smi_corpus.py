@@ -34,14 +34,14 @@ def _of(kind: str) -> list[Any]:
 
 
 def _text(sample: dict[str, Any]) -> str:
-    return (CORPUS / sample["file"]).read_text()
+    return (CORPUS / str(sample["file"])).read_text()
 
 
 def _query_fields(sample: dict[str, Any]) -> list[str] | None:
     """The field list of a noheader sample, from the command that produced it."""
     if "fields" in sample["expect"]:
-        return list(sample["expect"]["fields"])
-    command = sample.get("command", "")
+        return [str(f) for f in sample["expect"]["fields"]]
+    command = str(sample.get("command", ""))
     if "noheader" not in command:
         return None
     arg = next(a for a in command.split() if a.startswith("--query-gpu="))

@@ -24,6 +24,7 @@ from gpuconform.drivers.vfio import BindingState, VfioError, VfioTimeout
 from gpuconform.fixtures.sim.fakesysfs import (
     CLASS_VGA,
     FakeKernel,
+    FakePciDevice,
     FakeSysfs,
     intel_nic,
     nvidia_audio,
@@ -232,7 +233,7 @@ def test_bridge_in_the_group_is_allowed_and_left_on_its_driver(tmp_path: Path, s
     ],
 )
 def test_bind_refuses_unsuitable_targets_without_writing(
-    tmp_path: Path, state: BindingState, devices: list, target: str, message: str
+    tmp_path: Path, state: BindingState, devices: list[FakePciDevice], target: str, message: str
 ) -> None:
     tree = FakeSysfs.create(tmp_path / "sys", devices)
     kernel = FakeKernel(tree)
