@@ -38,7 +38,7 @@ def shape_request(cell: Cell, shape: str) -> GpuRequest:
     if shape.startswith("count."):
         return GpuRequest.of_count(int(shape.split(".", 1)[1]))
     if shape == "all":
-        all_ids = cell.adapter.all_ids()
+        all_ids = cell.all_ids()
         if all_ids:
             return GpuRequest.of_ids(all_ids)
         return GpuRequest.of_count(len(cell.inventory.gpus))
@@ -149,7 +149,7 @@ def expect_nodes_of(cell: Cell, sandbox: Sandbox, uuids: Collection[str]) -> Non
     the driver's nodes follow the host's numbering and its profile holds it to smi.nodes: a VM's
     guest numbers its own nodes, and the bare host isolates nothing.
     """
-    if not cell.adapter.node_minors_follow_host or cell.adapter.profile.expect("smi.nodes") == "unsupported":
+    if not cell.node_minors_follow_host or cell.profile.expect("smi.nodes") == "unsupported":
         return
     expected = {g.minor for g in cell.inventory.gpus if g.uuid in set(uuids)}
     nodes = device_nodes(cell, sandbox)

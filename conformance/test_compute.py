@@ -65,19 +65,11 @@ def test_cuda_bandwidth(cell: Cell) -> None:
     if missing is not None:
         apply(cell, missing)
     uuids = sorted(granted) if granted is not None else [str(d["uuid"]) for d in doc.get("devices", [])]
-    host = cell.runtime.adapter("host")
-    baseline = host.provision(
-        GpuRequest.of_ids(uuids, count=len(uuids)) if uuids else GpuRequest.none(),
-        image="python",
-        labels=cell.labels(),
-        deadline=cell.runtime.deadline(),
-    )
-    try:
+    same_gpus = GpuRequest.of_ids(uuids, count=len(uuids)) if uuids else GpuRequest.none()
+    with cell.on_bare_host(same_gpus) as baseline:
         host_doc = run_probe(cell, baseline)
-    finally:
-        baseline.close()
     if cell.inventory.simulated:
         cell.parsed["ratios"] = bandwidth_ratios(doc, host_doc)
         cell.skip("bandwidth parity is not judged on a simulated host (ratios recorded for information)")
     judgement = gap(cell, baseline, host_doc, needs_cupy=True)
-    apply(cell, judgement or judge_bandwidth(doc, host_doc, cell.runtime.settings.thresholds))
+    apply(cell, judgement or judge_bandwidth(doc, host_doc, cell.thresholds))

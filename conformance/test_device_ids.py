@@ -11,7 +11,7 @@ from gpuconform.fixtures.cell import Cell
 
 def _ids(cell: Cell, gpu: GpuRecord) -> list[str]:
     """The driver's ids for ``gpu``; a driver without native ids gets the UUID (it must refuse it)."""
-    return cell.adapter.native_ids(gpu) or [gpu.uuid]
+    return cell.native_ids(gpu) or [gpu.uuid]
 
 
 def _sees_only(cell: Cell, req: GpuRequest, expected: list[GpuRecord]) -> None:
@@ -78,7 +78,7 @@ def test_device_duplicate(cell: Cell) -> None:
 @case("device.mismatch")
 def test_device_mismatch(cell: Cell) -> None:
     gpus = cell.inventory.gpus
-    ids = [_ids(cell, gpus[0])[0], _ids(cell, gpus[-1])[0] if len(gpus) > 1 else cell.adapter.unknown_id()]
+    ids = [_ids(cell, gpus[0])[0], _ids(cell, gpus[-1])[0] if len(gpus) > 1 else cell.unknown_id()]
     cell.expect_rejection(GpuRequest.of_ids(ids, count=1), validation=True, must_name="must match")
 
 
@@ -89,7 +89,7 @@ def test_device_empty(cell: Cell) -> None:
 
 @case("device.invalid")
 def test_device_invalid(cell: Cell) -> None:
-    unknown = cell.adapter.unknown_id()
+    unknown = cell.unknown_id()
     cell.expect_rejection(GpuRequest.of_ids([unknown]), must_name=unknown)
 
 

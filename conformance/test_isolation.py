@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gpuconform.conformance.catalogue import case
 from gpuconform.conformance.observe import expect_exactly, expect_no_gpu, list_gpus
-from gpuconform.drivers.base import Deadline, DeadlineExceeded, RequestRejected
+from gpuconform.drivers.base import DeadlineExceeded, RequestRejected
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.fixtures.cell import Cell
 
@@ -25,7 +25,7 @@ def test_exclusive_concurrent(cell: Cell) -> None:
     cell.seen = tuple(sorted(seen_first | seen_second))
     cell.details.append({"first": sorted(seen_first), "second": sorted(seen_second)})
     shared = seen_first & seen_second
-    if shared and cell.adapter.profile.exclusive:
+    if shared and cell.profile.exclusive:
         cell.fail(
             f"two concurrent sandboxes both see {', '.join(sorted(shared))}; the profile declares "
             "exclusive GPUs",
@@ -39,20 +39,14 @@ def test_exclusive_concurrent(cell: Cell) -> None:
 
 def _third_on_full_host(cell: Cell, taken: set[str]) -> None:
     """On a 2-GPU host both are taken: a third default request is refused or openly shared."""
-    expected = cell.adapter.profile.oversubscribe
+    expected = cell.profile.oversubscribe
     try:
-        third = cell.adapter.provision(
-            GpuRequest.default(),
-            image=cell.runtime.image(cell.driver, "busybox"),
-            labels=cell.labels(),
-            deadline=Deadline(THIRD_SANDBOX_WAIT_S),
-        )
+        third = cell.extra(GpuRequest.default(), wait_s=THIRD_SANDBOX_WAIT_S)
     except (RequestRejected, DeadlineExceeded) as exc:
         cell.details.append({"third": f"refused: {exc}"})
         if expected != "reject":
             cell.fail(f"a third sandbox on a full 2-GPU host was refused, the profile expects sharing: {exc}")
         return
-    cell._own.append(third)
     seen = {g.uuid for g in list_gpus(cell, third)}
     cell.details.append({"third": sorted(seen)})
     if expected == "reject":
@@ -83,11 +77,11 @@ def test_release(cell: Cell) -> None:
     # the sandbox merely listed (a wrong one) would prove nothing about the one teardown freed.
     held = set(expect_exactly(cell, first, 1, first.granted))
     cell.release(first)
-    problems: list[str] = getattr(cell.adapter, "release_problems", lambda: [])()
+    problems = cell.release_problems()
     if problems:
         cell.fail(f"after teardown: {'; '.join(problems)}")
     gpus = [g for g in cell.inventory.gpus if g.uuid in held]
-    ids = [cell.adapter.native_ids(g)[0] for g in gpus if cell.adapter.native_ids(g)]
+    ids = [cell.native_ids(g)[0] for g in gpus if cell.native_ids(g)]
     if ids and len(ids) == len(gpus):
         again = cell.own(GpuRequest.of_ids(ids))
         expect_exactly(cell, again, len(gpus), held)

@@ -77,7 +77,7 @@ def test_smi_nodes(cell: Cell) -> None:
                 seen=sorted(granted),
             )
     cell.granted = granted
-    if cell.adapter.node_minors_follow_host:
+    if cell.node_minors_follow_host:
         expected = {g.minor for g in cell.inventory.gpus if g.uuid in granted}
         if nodes != expected:
             cell.fail(
