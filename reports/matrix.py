@@ -49,21 +49,6 @@ class Cell:
     run_id: str = ""
 
 
-def registry_order() -> tuple[str, ...]:
-    """Column order of the registered adapters: the registry's own order of built-ins, each
-    compatibility alias just before the first built-in of the same module (``docker`` before
-    ``docker-legacy``), so a new adapter gets its column by being registered, not by editing here.
-    """
-    from gpuconform.drivers.registry import ALIASES, BUILTIN
-
-    order: list[str] = []
-    for name, target in BUILTIN.items():
-        module = target.split(":", 1)[0]
-        order += [a for a, t in ALIASES.items() if t.split(":", 1)[0] == module and a not in order]
-        order.append(name)
-    return tuple(order + [a for a in ALIASES if a not in order])
-
-
 def case_order(cases: Iterable[str]) -> tuple[str, ...]:
     """Catalogue order first, then unknown case ids alphabetically."""
     rank = {c: i for i, c in enumerate(CATALOGUE)}
@@ -71,11 +56,11 @@ def case_order(cases: Iterable[str]) -> tuple[str, ...]:
 
 
 def driver_order(drivers: Iterable[str]) -> tuple[str, ...]:
-    """Registered adapters in registry order (stable columns across runs), then any other driver
-    (a third-party adapter, a driver of an older run) in the order it first appears."""
-    seen = list(dict.fromkeys(drivers))
-    rank = {d: i for i, d in enumerate(registry_order())}
-    return tuple(sorted(seen, key=lambda d: (rank.get(d, len(rank)), 0 if d in rank else seen.index(d))))
+    """Columns in the order they first appear. A run's records come in the order it ran its
+    columns (the plugin's: the registry's built-ins, then entry points, or ``--drivers`` as given),
+    so the matrix follows the run without knowing the registry (reports read evidence and the
+    catalogue only), and a third-party adapter's column sits where its run put it."""
+    return tuple(dict.fromkeys(drivers))
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
@@ -230,7 +215,8 @@ def build_matrix(meta: Mapping[str, Any], records: Sequence[Evidence]) -> Matrix
         )
     profiles = {(host, d): dict(p) for d, p in (meta.get("profiles") or {}).items()}
     info = {(host, d): dict(v) for d, v in (meta.get("drivers") or {}).items()}
-    drivers = driver_order([*(d for _, d in profiles), *(d for _, d in info), *(k[1] for k in cells)])
+    # The records' order first (the run's); then drivers known only from the metadata (no cell).
+    drivers = driver_order([*(k[1] for k in cells), *(d for _, d in profiles), *(d for _, d in info)])
     return Matrix(
         hosts={host: identity},
         drivers=drivers,

@@ -63,7 +63,7 @@ def make_records(simulated: bool = False) -> list[Evidence]:
 def test_build_matrix_has_one_cell_per_record_with_reason_and_evidence_index() -> None:
     records = make_records()
     m = build_matrix(make_meta(), records)
-    assert m.drivers == ("podman", "docker")  # the registry's order, not the records'
+    assert m.drivers == ("docker", "podman")  # the records' order: the order the run ran its columns
     assert len(m.cells) == 16
     cell = m.cell("gpu-a", "podman", "cuda.init")
     assert cell is not None
@@ -83,31 +83,46 @@ def test_cases_follow_catalogue_order_then_unknown_ids_alphabetically() -> None:
     assert case_order(reversed(CATALOGUE)) == CATALOGUE
 
 
-def test_driver_columns_have_a_stable_order_independent_of_record_order() -> None:
+def test_driver_columns_follow_the_order_the_run_recorded() -> None:
+    """The plugin writes records column by column in the order it ran them (the registry's
+    built-ins, then entry points, or ``--drivers`` as given); the matrix keeps that order, so a
+    run of ``--drivers zz-custom,qemu,docker,host`` reads left to right as it was asked."""
     records = [rec(d, "smi.default", Verdict.PASS) for d in ("zz-custom", "qemu", "docker", "host")]
     meta = make_meta() | {"profiles": {}, "drivers": {}}
-    assert build_matrix(meta, records).drivers == ("host", "docker", "qemu", "zz-custom")
+    assert build_matrix(meta, records).drivers == ("zz-custom", "qemu", "docker", "host")
 
 
-def test_driver_columns_follow_the_registry_then_first_appearance() -> None:
+def test_driver_columns_keep_first_appearance_through_matrix_json_and_merge() -> None:
     drivers = ("zz-custom", "docker-cdi", "aa-custom", "docker-legacy", "podman", "docker", "host")
-    records = [rec(d, "smi.default", Verdict.PASS) for d in drivers]
+    records = [rec(d, c, Verdict.PASS) for d in drivers for c in ("smi.default", "count.1")]
     meta = make_meta() | {"profiles": {}, "drivers": {}}
     columns = build_matrix(meta, records).drivers
-    assert columns == ("host", "podman", "docker", "docker-legacy", "docker-cdi", "zz-custom", "aa-custom")
+    assert columns == drivers
     fleet = Matrix.from_json(merge([build_matrix(meta, records)]).to_json())
     assert fleet.drivers == columns
+    other = build_matrix(
+        make_meta("gpu-b") | {"profiles": {}, "drivers": {}},
+        [rec("host", "count.1", Verdict.PASS), rec("kata", "count.1", Verdict.PASS)],
+    )
+    assert merge([build_matrix(meta, records), other]).drivers == (*drivers, "kata")
 
 
-def test_a_newly_registered_adapter_gets_its_column_without_editing_reports(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_driver_known_only_from_the_metadata_comes_after_the_recorded_columns() -> None:
+    """A column with a profile but no record (its cells all deselected) still shows, last."""
+    records = [rec("podman", "smi.default", Verdict.PASS)]
+    assert build_matrix(make_meta(), records).drivers == ("podman", "docker")
+
+
+def test_reports_never_consult_the_driver_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports read evidence and the catalogue only: a registry in another order (or none of the
+    run's drivers registered here, as on a laptop rendering a GPU runner's results) changes nothing."""
     from gpuconform.drivers import registry
 
-    builtin = dict(registry.BUILTIN)
-    monkeypatch.setattr(registry, "BUILTIN", {"host": builtin["host"], "firecracker": "x:Y", **builtin})
     records = [rec(d, "smi.default", Verdict.PASS) for d in ("podman", "firecracker", "host")]
-    assert build_matrix(make_meta(), records).drivers == ("host", "firecracker", "podman", "docker")
+    before = build_matrix(make_meta(), records).drivers
+    monkeypatch.setattr(registry, "BUILTIN", {"firecracker": "x:Y", "host": registry.BUILTIN["host"]})
+    monkeypatch.setattr(registry, "ALIASES", {})
+    assert build_matrix(make_meta(), records).drivers == before == ("podman", "firecracker", "host", "docker")
 
 
 @pytest.mark.parametrize(("worse", "better"), list(itertools.combinations(SEVERITY, 2)))

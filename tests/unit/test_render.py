@@ -44,16 +44,9 @@ def make_meta(host: str = "gpu-a", simulated: bool = False) -> dict[str, Any]:
 
 
 def make_records(simulated: bool = False) -> list[Evidence]:
-    """2 drivers x 8 cases with every verdict kind; podman/smi.none carries hostile output."""
+    """2 drivers x 8 cases with every verdict kind; podman/smi.none carries hostile output. The run
+    ran podman's column first, so the matrix shows it first (columns follow the records)."""
     rows = [
-        ("docker", "smi.default", Verdict.PASS, "one GPU, matches host"),
-        ("docker", "smi.none", Verdict.PASS, "no GPU visible"),
-        ("docker", "count.1", Verdict.PASS, "1 UUID"),
-        ("docker", "count.2", Verdict.SKIP, "host has 1 GPU"),
-        ("docker", "count.over", Verdict.REJECTED, "rejected: 3 > 2 GPUs"),
-        ("docker", "device.invalid", Verdict.REJECTED, "unknown id 'GPU-zz' rejected"),
-        ("docker", "cuda.init", Verdict.FAIL, "nvidia-smi works but CUDA fails | cuInit=100"),
-        ("docker", "cuda.bandwidth", Verdict.SKIP, "simulated host"),
         ("podman", "smi.default", Verdict.PASS, "one GPU, matches host"),
         ("podman", "smi.none", Verdict.FAIL, f"saw {UUID_A}, expected none"),
         ("podman", "count.1", Verdict.ERROR, "podman run timed out after 60 s"),
@@ -62,6 +55,14 @@ def make_records(simulated: bool = False) -> list[Evidence]:
         ("podman", "device.unsupported", Verdict.UNSUPPORTED, "out of scope"),
         ("podman", "cuda.init", Verdict.INCONCLUSIVE, "could not parse probe output"),
         ("podman", "cuda.bandwidth", Verdict.SKIP, "simulated host"),
+        ("docker", "smi.default", Verdict.PASS, "one GPU, matches host"),
+        ("docker", "smi.none", Verdict.PASS, "no GPU visible"),
+        ("docker", "count.1", Verdict.PASS, "1 UUID"),
+        ("docker", "count.2", Verdict.SKIP, "host has 1 GPU"),
+        ("docker", "count.over", Verdict.REJECTED, "rejected: 3 > 2 GPUs"),
+        ("docker", "device.invalid", Verdict.REJECTED, "unknown id 'GPU-zz' rejected"),
+        ("docker", "cuda.init", Verdict.FAIL, "nvidia-smi works but CUDA fails | cuInit=100"),
+        ("docker", "cuda.bandwidth", Verdict.SKIP, "simulated host"),
     ]  # fmt: skip
     out = []
     for d, c, v, reason in rows:
@@ -87,7 +88,7 @@ def test_markdown_table_has_exact_rows_for_a_known_matrix() -> None:
     md = render_markdown(known_matrix())
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table[:11] == [
-        "| case | podman | docker |",  # registry order: podman before the docker columns
+        "| case | podman | docker |",  # the records' order: the run ran podman first
         "| --- | --- | --- |",
         "| `smi.default` | ✅ pass | ✅ pass |",
         "| `smi.none` | ❌ fail | ✅ pass |",
