@@ -102,6 +102,76 @@ def default_native_ids(index: int, uuid: str, pci_bus_id: str, cdi_kind: str) ->
     }
 
 
+def default_mig_native_ids(
+    parent_index: int, device: int, uuid: str, cdi_kind: str
+) -> dict[str, tuple[str, ...]]:
+    """The id forms that select one MIG device: ``<gpu>:<mig>`` and its ``MIG-`` UUID.
+
+    Those are the names ``nvidia-ctk cdi generate`` gives MIG devices (index and uuid strategies)
+    and the values NVIDIA_VISIBLE_DEVICES accepts; CUDA_VISIBLE_DEVICES takes the UUID. VFIO
+    passes whole PCI functions, so there is no PCI form.
+    """
+    pair = f"{parent_index}:{device}"
+    return {
+        SCHEME_CDI: (f"{cdi_kind}={pair}", f"{cdi_kind}={uuid}"),
+        SCHEME_LEGACY: (pair, uuid),
+        SCHEME_HOST: (uuid,),
+    }
+
+
+@dataclass(frozen=True)
+class MigRecord:
+    """One MIG device of a MIG-enabled GPU: ``device`` is its number under the parent.
+
+    ``profile`` is the MIG profile name (``3g.40gb``): what the Kubernetes device plugin's
+    ``mixed`` strategy advertises it as (``nvidia.com/mig-3g.40gb``).
+    """
+
+    uuid: str
+    parent_uuid: str
+    parent_index: int
+    device: int
+    profile: str
+    gi: int
+    ci: int
+    memory_total_mib: int | None
+    native_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False, compare=False)
+
+    def ids(self, scheme: str) -> tuple[str, ...]:
+        return tuple(self.native_ids.get(scheme, ()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "parent_uuid": self.parent_uuid,
+            "parent_index": self.parent_index,
+            "device": self.device,
+            "profile": self.profile,
+            "gi": self.gi,
+            "ci": self.ci,
+            "memory_total_mib": self.memory_total_mib,
+            "native_ids": {k: list(v) for k, v in self.native_ids.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MigRecord:
+        try:
+            mem = data.get("memory_total_mib")
+            return cls(
+                uuid=str(data["uuid"]),
+                parent_uuid=str(data["parent_uuid"]),
+                parent_index=int(data["parent_index"]),
+                device=int(data["device"]),
+                profile=str(data["profile"]),
+                gi=int(data["gi"]),
+                ci=int(data["ci"]),
+                memory_total_mib=None if mem is None else int(mem),
+                native_ids={k: tuple(v) for k, v in dict(data.get("native_ids", {})).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InventoryError(f"bad MIG device record {dict(data)!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Inventory:
     """All GPUs of one host. ``simulated`` results never count as hardware evidence."""
@@ -115,11 +185,26 @@ class Inventory:
     # strategies seen; None/() on an inventory whose cdi ids were not learnt from specs.
     cdi_all_id: str | None = None
     cdi_strategies: tuple[str, ...] = ()
+    # The MIG devices of MIG-enabled GPUs (each names its parent among ``gpus``); () without MIG.
+    migs: tuple[MigRecord, ...] = ()
 
     def __post_init__(self) -> None:
         uuids = [g.uuid for g in self.gpus]
         if len(set(uuids)) != len(uuids):
             raise InventoryError(f"inventory has duplicate UUIDs: {uuids}")
+        mig_uuids = [m.uuid for m in self.migs]
+        if len(set(mig_uuids)) != len(mig_uuids):
+            raise InventoryError(f"inventory has duplicate MIG UUIDs: {mig_uuids}")
+        orphans = sorted(m.uuid for m in self.migs if m.parent_uuid not in uuids)
+        if orphans:
+            raise InventoryError(f"MIG devices {orphans} name a parent GPU that is not in the inventory")
+
+    def mig_by_uuid(self, uuid: str) -> MigRecord | None:
+        return next((m for m in self.migs if m.uuid == uuid), None)
+
+    def migs_of(self, parent_uuid: str) -> tuple[MigRecord, ...]:
+        """The MIG devices of one GPU, in device order; () for a GPU that is not MIG-enabled."""
+        return tuple(sorted((m for m in self.migs if m.parent_uuid == parent_uuid), key=lambda m: m.device))
 
     @property
     def uuids(self) -> frozenset[str]:
@@ -156,12 +241,15 @@ class Inventory:
             "cdi_all_id": self.cdi_all_id,
             "cdi_strategies": list(self.cdi_strategies),
             "gpus": [g.to_json() for g in self.gpus],
+            # Only where there are MIG devices, so inventories without MIG read as they always have.
+            **({"migs": [m.to_json() for m in self.migs]} if self.migs else {}),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Inventory:
         try:
             gpus = tuple(GpuRecord.from_json(g) for g in data["gpus"])
+            migs = tuple(MigRecord.from_json(m) for m in data.get("migs", ()))
             return cls(
                 host=str(data["host"]),
                 gpus=gpus,
@@ -170,6 +258,7 @@ class Inventory:
                 cdi_kind=str(data.get("cdi_kind", REAL_CDI_KIND)),
                 cdi_all_id=None if data.get("cdi_all_id") is None else str(data["cdi_all_id"]),
                 cdi_strategies=tuple(str(x) for x in data.get("cdi_strategies", ())),
+                migs=migs,
             )
         except (KeyError, TypeError) as exc:
             raise InventoryError(f"bad inventory document: missing or wrong field {exc}") from None
@@ -229,11 +318,33 @@ def learn_cdi_ids(inventory: Inventory, specs: Iterable[CdiSpec]) -> Inventory:
         replace(g, native_ids={**dict(g.native_ids), SCHEME_CDI: tuple(names.get(g.uuid, ()))})
         for g in inventory.gpus
     )
+    migs = tuple(
+        replace(m, native_ids={**dict(m.native_ids), SCHEME_CDI: mig_cdi_names(specs, m, inventory.cdi_kind)})
+        for m in inventory.migs
+    )
     return replace(
         inventory,
         gpus=gpus,
+        migs=migs,
         cdi_all_id=all_name(specs, inventory, inventory.cdi_kind),
         cdi_strategies=naming_strategies(specs, inventory, inventory.cdi_kind),
+    )
+
+
+def mig_cdi_names(specs: Iterable[CdiSpec], mig: MigRecord, kind: str) -> tuple[str, ...]:
+    """The qualified names the specs of ``kind`` give one MIG device, in spec order.
+
+    A MIG device is named in one of nvidia-ctk's forms (``<gpu>:<mig>``, its ``MIG-`` UUID);
+    a name counts only when its device carries ``/dev/nvidia-caps`` nodes (a MIG device), so a
+    spec that names a whole GPU that way is not taken for one.
+    """
+    wanted = {f"{mig.parent_index}:{mig.device}", mig.uuid}
+    return tuple(
+        spec.qualified(device.name)
+        for spec in specs
+        if spec.kind == kind
+        for device in spec.devices
+        if device.name in wanted and device.is_mig
     )
 
 
