@@ -48,6 +48,11 @@ CATALOGUE: tuple[CaseInfo, ...] = (
     CaseInfo(
         "device.unsupported", "a driver without native ids rejects any id", default_expectation="unsupported"
     ),
+    CaseInfo(
+        "mig.each",
+        "each MIG device by native id: exactly it, under its parent, no sibling, not the whole GPU",
+    ),
+    CaseInfo("mig.parent", "a MIG-enabled GPU requested whole: exactly that GPU, no other GPU's MIG device"),
     CaseInfo("exclusive.concurrent", "two default sandboxes at once see disjoint GPUs"),
     CaseInfo(
         "env.escalation",
