@@ -202,6 +202,10 @@ class Inventory:
     def mig_by_uuid(self, uuid: str) -> MigRecord | None:
         return next((m for m in self.migs if m.uuid == uuid), None)
 
+    def resolve_mig(self, scheme: str, native_id: str) -> MigRecord | None:
+        """The MIG device a native id selects (``kind=1:0``, ``MIG-<uuid>``), or None."""
+        return next((m for m in self.migs if native_id in m.ids(scheme)), None)
+
     def migs_of(self, parent_uuid: str) -> tuple[MigRecord, ...]:
         """The MIG devices of one GPU, in device order; () for a GPU that is not MIG-enabled."""
         return tuple(sorted((m for m in self.migs if m.parent_uuid == parent_uuid), key=lambda m: m.device))

@@ -168,3 +168,11 @@ def test_inventory_refuses_a_mig_device_whose_parent_it_does_not_have() -> None:
     orphan = MigRecord("MIG-1", "GPU-nope", 9, 0, "1g.10gb", 7, 0, 9728)
     with pytest.raises(InventoryError, match="name a parent GPU that is not in the inventory"):
         Inventory(host="t", gpus=(), simulated=True, source="t", migs=(orphan,))
+
+
+def test_resolve_mig_finds_a_mig_device_by_any_of_its_ids_and_never_a_gpu() -> None:
+    learnt = _learnt()
+    first = learnt.migs[0]
+    assert learnt.resolve_mig(SCHEME_CDI, f"{KIND}=1:0") == first
+    assert learnt.resolve_mig(SCHEME_LEGACY, first.uuid) == first
+    assert learnt.resolve_mig(SCHEME_LEGACY, "1") is None and learnt.resolve(SCHEME_LEGACY, "1:0") is None
