@@ -1,7 +1,10 @@
 """The ``gpuconform`` command line: run the matrix, manage the simulated host, read the results.
 
 ``gpuconform run`` is a thin front end over ``pytest conformance`` with the plugin's options, so
-everything it does can also be done with plain pytest. Errors are one line, never a traceback.
+everything it does can also be done with plain pytest. It spells those options short (``--out``,
+``--drivers``); pytest takes them under our prefix (``--gpuconform-out``), and this module
+translates (fixtures/settings.py holds the one table of them). Errors are one line, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -58,25 +61,46 @@ def _become_root_for_simulation(argv: Sequence[str]) -> None:
     os.execvp("sudo", ["sudo", keep, sys.executable, "-m", "gpuconform.conformance.cli", *argv])
 
 
+def _attr(name: str) -> str:
+    """The attribute argparse gives ``--NAME`` on ``gpuconform run``'s namespace."""
+    return name.replace("-", "_")
+
+
+def _add_plugin_options(run: argparse.ArgumentParser) -> None:
+    """Every plugin option, spelled short (``--out``), from the plugin's own table, so the two
+    command lines cannot drift apart."""
+    from gpuconform.fixtures.settings import OPTIONS, SHORT
+
+    for option in OPTIONS:
+        run.add_argument(
+            SHORT.flag(option.name),
+            dest=_attr(option.name),
+            action="append" if option.repeatable else "store",
+            default=option.default,
+            metavar=option.metavar,
+            help=option.help,
+        )
+
+
 def _gpuconform_args(args: argparse.Namespace) -> list[str]:
-    """The plugin's own options, as ``gpuconform run`` passes them to pytest."""
-    argv = ["--out", str(args.out), "--sim", args.sim]
-    for name, values in (
-        ("--drivers", args.drivers),
-        ("--require-driver", args.require_driver),
-        ("--sim-fault", args.sim_fault),
-        ("--image", args.image),
-        ("--driver-opt", args.driver_opt),
-    ):
-        for value in values or []:
-            argv += [name, value]
-    if args.sim_instance is not None:
-        argv += ["--sim-instance", args.sim_instance]
-    if args.host_name:
-        argv += ["--host-name", args.host_name]
-    if args.probe_image:
-        argv += ["--probe-image", args.probe_image]
+    """The plugin's own options, as ``gpuconform run`` passes them to pytest: prefixed."""
+    from gpuconform.fixtures.settings import OPTIONS, PYTEST
+
+    argv: list[str] = []
+    for option in OPTIONS:
+        value = getattr(args, _attr(option.name))
+        for item in (value or []) if option.repeatable else ([] if value is None else [value]):
+            argv += [PYTEST.flag(option.name), str(item)]
     return argv
+
+
+def _pytest_args(args: argparse.Namespace) -> list[str]:
+    """What came after ``--``, for pytest: a plugin option there may be spelled as ``gpuconform
+    run`` spells it (``-- --provision-timeout 60``, as before the options carried the prefix) and
+    is translated; everything else passes unchanged."""
+    from gpuconform.fixtures.settings import pytest_argv
+
+    return pytest_argv(list(args.pytest_args or []))
 
 
 def _workers(args: argparse.Namespace) -> str | None:
@@ -88,20 +112,20 @@ def _preflight(args: argparse.Namespace, plugin_argv: Sequence[str]) -> None:
     """Every check before pytest starts (fixtures/preflight.py): raises with one line, creates nothing.
 
     The plugin's options are parsed by the plugin's own definitions, so options given after
-    ``--`` (``--provision-timeout``) are checked the same way.
+    ``--`` (``--provision-timeout``) are checked the same way; errors name them as typed here.
     """
     from _pytest.config.argparsing import Parser
 
     from gpuconform.fixtures import preflight
-    from gpuconform.fixtures.settings import Settings, add_options
+    from gpuconform.fixtures.settings import SHORT, Settings, add_options
 
     parser = Parser(_ispytest=True)
     add_options(parser)
     try:
-        namespace = parser.parse_known_args([*plugin_argv, *(args.pytest_args or [])])
+        namespace = parser.parse_known_args([*plugin_argv, *_pytest_args(args)])
     except SystemExit:  # argparse already printed its one line
         raise preflight.PreflightError("bad option after --", hint="see gpuconform run --help") from None
-    preflight.check_run(Settings.from_options(namespace))
+    preflight.check_run(Settings.from_options(namespace, SHORT))
     preflight.check_workers(args.numprocesses)
     if _workers(args) is not None:
         preflight.check_plugin("xdist", f"-n {args.numprocesses}", "pytest-xdist")
@@ -162,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv += ["-n", workers]
     if args.allure:
         argv += ["-p", "allure_pytest.plugin", f"--alluredir={args.allure}"]
-    argv += list(args.pytest_args or [])
+    argv += _pytest_args(args)
     run_id = os.environ.get("GPUCONFORM_RUN_ID") or secrets.token_hex(4)
     with _environment({"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "GPUCONFORM_RUN_ID": run_id}):
         code = int(pytest.main(argv))
@@ -360,14 +384,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from gpuconform.fixtures.reaper import reap_dead_runs
+    """Collect what dead runs left; 1 when an engine that is here refused a removal."""
+    from gpuconform.fixtures.reaper import GRACE_S, reap_dead_runs
 
-    done = reap_dead_runs()
-    for line in done:
+    try:
+        grace = GRACE_S if args.grace is None else float(args.grace)
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:  # NaN too
+        raise ValueError(f"--grace takes seconds >= 0, got {args.grace!r} (hint: --grace 600)")
+    report = reap_dead_runs(grace_s=grace)
+    for line in report.removed + (report.skipped if args.verbose else []):
         print(line)
-    if not done:
+    for line in report.failed:
+        print(line, file=sys.stderr)
+    if not report.removed and report.ok:
         print("nothing to remove")
-    return 0
+    return 0 if report.ok else 1
 
 
 def cmd_images(args: argparse.Namespace) -> int:
@@ -411,24 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the conformance matrix",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLES + "\nAnything after -- goes to pytest unchanged.",
+        epilog=EXAMPLES + "\nAnything after -- goes to pytest unchanged, except the options above, which "
+        "pytest spells --gpuconform-NAME: given there as --NAME, they are translated.",
     )
-    run.add_argument("--out", default="results", help="results directory (default: results)")
-    run.add_argument("--drivers", action="append", help="comma-separated drivers (default: all known)")
-    run.add_argument("--require-driver", action="append", help="a missing driver is an error, not a skip")
-    run.add_argument("--sim", default="auto", help="simulated host profile, 'auto' (default) or 'none'")
-    run.add_argument("--sim-instance", help="use a simulated host started with 'gpuconform sim up'")
-    run.add_argument(
-        "--host-name", help="this host's stable name in a fleet matrix, e.g. the CI runner label"
-    )
-    run.add_argument("--sim-fault", action="append", help="fault to inject, e.g. wrong-gpu:1 (repeatable)")
-    run.add_argument("--image", action="append", help="KIND=REF: your own image for busybox/python")
-    run.add_argument("--probe-image", help="image with python3, numpy and cupy for the compute cases")
-    run.add_argument(
-        "--driver-opt",
-        action="append",
-        help="KEY=VALUE adapter option, e.g. docker-cdi.host=unix:///run/docker.sock",
-    )
+    _add_plugin_options(run)
     run.add_argument("-k", help="pytest -k expression over ids like 'podman-count.2'")
     run.add_argument(
         "-n",
@@ -520,6 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
 
     gc = sub.add_parser("gc", help="remove containers, pods, VMs, bindings and simulated hosts of dead runs")
+    gc.add_argument(
+        "-v", "--verbose", action="store_true", help="also name engines not here and runs left alone"
+    )
+    gc.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        help="age before a run's resources without a run folder here are collected (default 600)",
+    )
     gc.set_defaults(func=cmd_gc)
 
     images = sub.add_parser("images", help="build the sandbox images locally")

@@ -16,6 +16,7 @@ import pytest
 
 from gpuconform.drivers.base import Deadline
 from gpuconform.fixtures.build.images import ensure_image
+from gpuconform.fixtures.settings import pytest_argv
 from gpuconform.fixtures.sim.simgpu.podman_config import (
     PodmanConfigError,
     ensure_containers_conf,
@@ -50,7 +51,11 @@ class Run:
 
 
 def conformance_argv(out_dir: Path, *args: str) -> list[str]:
-    """The ``pytest conformance`` command line a user would type, writing to ``out_dir``."""
+    """The ``pytest conformance`` command line a user would type, writing to ``out_dir``.
+
+    ``args`` name the plugin's options as ``gpuconform run`` does (``--drivers podman``); pytest
+    gets them as a user types them there, under the prefix (``--gpuconform-drivers podman``).
+    """
     return [
         sys.executable,
         "-m",
@@ -61,13 +66,13 @@ def conformance_argv(out_dir: Path, *args: str) -> list[str]:
         "-q",
         "--rootdir",
         str(REPO),
-        "--out",
+        "--gpuconform-out",
         str(out_dir),
         # The simulated hosts of all runs share UUIDs; private leases keep another run on this
         # machine from taking "GPU 0" away from a test that injects a fault into GPU 0.
-        "--lease-dir",
+        "--gpuconform-lease-dir",
         str(out_dir.parent / "leases"),
-        *args,
+        *pytest_argv(list(args)),
     ]
 
 

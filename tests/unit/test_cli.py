@@ -8,6 +8,7 @@ import pytest
 
 from gpuconform.conformance.cli import main
 from gpuconform.drivers.registry import BUILTIN
+from gpuconform.fixtures.settings import OPTIONS
 
 VERDICT_WORDS = ("pass", "rejected", "fail", "unsupported", "skip", "error", "inconclusive")
 
@@ -33,7 +34,50 @@ def test_run_help_lists_the_run_options(capsys: pytest.CaptureFixture[str]) -> N
     out = _help(["run", "--help"], capsys)
     for option in ("--drivers", "--require-driver", "--sim", "--sim-fault", "--driver-opt", "--out"):
         assert option in out
-    assert "Anything after -- goes to pytest unchanged." in out
+    assert "Anything after -- goes to pytest unchanged, except the options above" in out
+
+
+def test_run_offers_every_plugin_option_spelled_short(capsys: pytest.CaptureFixture[str]) -> None:
+    """One table (fixtures/settings.py OPTIONS) feeds both command lines: none is pytest-only."""
+    out = _help(["run", "--help"], capsys)
+    for option in OPTIONS:
+        assert f"  --{option.name} {option.metavar}" in out, option.name
+    assert "--gpuconform-" not in out.split("examples:")[0]
+
+
+def test_run_gives_pytest_the_prefixed_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``gpuconform run`` keeps its short options; pytest gets ours under the prefix, including a
+    plugin option written short after ``--``, while pytest's own arguments pass unchanged."""
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(list(argv))
+        return 0
+
+    monkeypatch.setattr(pytest, "main", fake_main)
+    monkeypatch.setenv("GPUCONFORM_STATE", str(tmp_path / "state"))
+    code = main(
+        ["run", "--drivers", "host", "--sim", "single", "--out", str(tmp_path / "out"), "-n", "0",
+         "--image", "busybox=localhost/b:1", "--provision-timeout", "60",
+         "--", "--lease-dir", str(tmp_path / "leases"), "--bandwidth-threshold=h2d_gbps=0.5", "-x"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    [argv] = seen
+    pairs = list(zip(argv, argv[1:], strict=False))
+    for flag, value in (
+        ("--gpuconform-drivers", "host"),
+        ("--gpuconform-sim", "single"),
+        ("--gpuconform-out", str(tmp_path / "out")),
+        ("--gpuconform-image", "busybox=localhost/b:1"),
+        ("--gpuconform-provision-timeout", "60"),
+        ("--gpuconform-lease-dir", str(tmp_path / "leases")),
+    ):
+        assert (flag, value) in pairs, (flag, argv)
+    assert "--gpuconform-bandwidth-threshold=h2d_gbps=0.5" in argv and argv[-1] == "-x"
+    short = {f"--{option.name}" for option in OPTIONS}
+    assert not [a for a in argv if a.split("=", 1)[0] in short], argv
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

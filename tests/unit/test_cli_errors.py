@@ -83,7 +83,7 @@ BAD_RUNS: list[tuple[list[str], str]] = [
     (["--drivers", "podman,nosuch"], "'nosuch'"),
     (["--drivers", ","], "--drivers names no driver"),
     (["--require-driver", "nosuch"], "'nosuch'"),
-    (["--driver-opt", "novalue"], "'novalue'"),
+    (["--driver-opt", "novalue"], "--driver-opt takes KEY=VALUE, got 'novalue'"),
     (["--driver-opt", "=1"], "'=1'"),
     (["--driver-opt", "nodot=1"], "'nodot'"),
     (["--driver-opt", "sim.root=/tmp/x"], "sim.root=/tmp/x"),
@@ -119,6 +119,11 @@ BAD_RUNS: list[tuple[list[str], str]] = [
     (["--", "--provision-timeout", "0"], "'0'"),
     (["--", "--bandwidth-threshold", "h2d_gbps=fast"], "'fast'"),
     (["--", "--bandwidth-threshold", "nosuch=1"], "'nosuch'"),
+    # the plugin's options named as gpuconform run spells them (pytest's are --gpuconform-NAME)
+    (["--provision-timeout", "abc"], "--provision-timeout takes seconds, got 'abc'"),
+    (["--bandwidth-threshold", "h2d_gbps"], "--bandwidth-threshold takes KEY=VALUE"),
+    (["--host-name", "a/b"], "--host-name 'a/b' is not a usable host name"),
+    (["--", "--sim-fault=wrong-gpu:9"], "--sim-fault: fault wrong-gpu:9"),
 ]
 
 
@@ -130,6 +135,7 @@ def test_bad_run_input_is_one_line_exit_2_and_leaves_results_alone(
     before = _snapshot(workdir)
     line = _one_line_error(capsys, lambda: cli.main(["run", *out, *args]))
     assert named in line, line
+    assert "--gpuconform-" not in line, "an option named as pytest spells it, not as typed here"
     assert _snapshot(workdir) == before, "a refused run created, changed or removed something"
 
 

@@ -25,7 +25,7 @@ INVENTORY = Inventory(host="runner-7f3a9c", gpus=(), simulated=True, source="tes
 
 
 def test_host_name_replaces_the_machine_name_and_keeps_it_beside(pytester: pytest.Pytester) -> None:
-    settings = _settings(pytester, "--host-name", "gpu-h100-a")
+    settings = _settings(pytester, "--gpuconform-host-name", "gpu-h100-a")
     identity = settings.host_identity(INVENTORY)
     assert (identity["host"], identity["machine"]) == ("gpu-h100-a", "runner-7f3a9c")
 
@@ -39,7 +39,7 @@ def test_without_host_name_the_machine_name_is_the_key(pytester: pytest.Pytester
 @pytest.mark.parametrize("bad", ["", "a/b", "has space", "-leading", "x" * 64])
 def test_unusable_host_names_are_refused_before_anything_runs(pytester: pytest.Pytester, bad: str) -> None:
     with pytest.raises(SettingsError, match="is not a usable host name") as info:
-        _settings(pytester, f"--host-name={bad}")
+        _settings(pytester, f"--gpuconform-host-name={bad}")
     assert "hint: letters, digits" in str(info.value)
 
 

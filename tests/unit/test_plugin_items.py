@@ -59,8 +59,9 @@ class Run:
     def __call__(self, *args: str) -> pytest.RunResult:
         return self.pytester.runpytest_subprocess(
             *_plugin_args(), "-p", "no:cacheprovider",
-            "--drivers", "host", "--sim", "single", "--out", str(self.out),
-            "--cdi-dir", str(self.cdi), "--lease-dir", str(self.state / "leases"),
+            "--gpuconform-drivers", "host", "--gpuconform-sim", "single",
+            "--gpuconform-out", str(self.out), "--gpuconform-cdi-dir", str(self.cdi),
+            "--gpuconform-lease-dir", str(self.state / "leases"),
             *args, timeout=120,
         )  # fmt: skip
 
@@ -116,7 +117,7 @@ def test_k_selects_items_by_driver_and_case_id(run: Run) -> None:
 
 
 def test_one_item_per_driver_and_case(run: Run) -> None:
-    result = run("--collect-only", "-q", "--drivers", "podman")
+    result = run("--collect-only", "-q", "--gpuconform-drivers", "podman")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     ids = sorted(line for line in result.stdout.lines if line.startswith("test_suite.py::"))
     assert ids == sorted(
@@ -127,7 +128,9 @@ def test_one_item_per_driver_and_case(run: Run) -> None:
 
 
 def test_k_selects_one_driver_and_one_dotted_case(run: Run) -> None:
-    result = run("--collect-only", "-q", "--drivers", "host,podman", "-k", "podman and device.empty")
+    result = run(
+        "--collect-only", "-q", "--gpuconform-drivers", "host,podman", "-k", "podman and device.empty"
+    )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     ids = [line for line in result.stdout.lines if line.startswith("test_suite.py::")]
     assert ids == ["test_suite.py::test_device_empty[podman-device.empty]"]

@@ -150,5 +150,5 @@ def test_another_projects_session_is_not_stopped_but_a_conformance_one_is(pytest
         "-p", "no:cacheprovider", "--co", str(REPO / "conformance"), "--rootdir", str(REPO), timeout=60
     )
     assert suites.ret == pytest.ExitCode.USAGE_ERROR, suites.stdout.str() + suites.stderr.str()
-    assert "--out results is a directory that holds no results.json" in suites.stderr.str()
+    assert "--gpuconform-out results is a directory that holds no results.json" in suites.stderr.str()
     assert (pytester.path / "results" / "mine.txt").read_text() == "keep\n"

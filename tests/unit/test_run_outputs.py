@@ -73,8 +73,9 @@ class Run:
     def __call__(self, *args: str, drivers: str = "host") -> pytest.RunResult:
         return self.pytester.runpytest_subprocess(
             "-p", "gpuconform.fixtures.plugin", "-p", "no:cacheprovider",
-            "--drivers", drivers, "--sim", "single", "--out", str(self.out),
-            "--cdi-dir", str(self.cdi), "--lease-dir", str(self.state / "leases"),
+            "--gpuconform-drivers", drivers, "--gpuconform-sim", "single",
+            "--gpuconform-out", str(self.out), "--gpuconform-cdi-dir", str(self.cdi),
+            "--gpuconform-lease-dir", str(self.state / "leases"),
             *args, timeout=120,
         )  # fmt: skip
 
@@ -132,11 +133,12 @@ def test_an_interrupted_run_keeps_out_and_leaves_a_partial_file(
 @root_only
 def test_a_bad_option_stops_plain_pytest_with_its_usage_status_and_creates_nothing(run: Run) -> None:
     before = _snapshot(run.out.parent)
-    result = run("--sim-fault", "wrong-gpu:5")
+    result = run("--gpuconform-sim-fault", "wrong-gpu:5")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if line.strip()]
     assert lines == [
-        "ERROR: --sim-fault: fault wrong-gpu:5 names GPU 5, but the host has 1 (hint: use an index in 0)"
+        "ERROR: --gpuconform-sim-fault: fault wrong-gpu:5 names GPU 5, but the host has 1 "
+        "(hint: use an index in 0)"
     ], result.stderr.str()
     assert _snapshot(run.out.parent) == before
     assert not (run.state / "runs" / run.run_id).exists()
@@ -148,7 +150,7 @@ def test_an_adapter_that_cannot_be_loaded_gets_records(
     run: Run, required: bool, verdict: str, code: int
 ) -> None:
     run.pytester.makeconftest(BROKEN_CONFTEST)
-    result = run(*(["--require-driver", "broken"] if required else []), drivers="host,broken")
+    result = run(*(["--gpuconform-require-driver", "broken"] if required else []), drivers="host,broken")
     assert result.ret == code, result.stdout.str() + result.stderr.str()
     doc = json.loads((run.out / "results.json").read_text())
     broken = [r for r in doc["records"] if r["driver"] == "broken"]
