@@ -15,13 +15,10 @@ from gpuconform.conformance.catalogue import BY_ID
 from gpuconform.drivers.base import (
     Adapter,
     AdapterContext,
-    Availability,
-    Deadline,
     DeadlineExceeded,
     DriverUnavailable,
     HarnessError,
     InfrastructureError,
-    Profile,
     RequestRejected,
     Sandbox,
 )
@@ -35,43 +32,21 @@ from gpuconform.workloads.compute_judge import ProbeOutputError
 from gpuconform.workloads.nvidia_smi import SmiParseError
 
 
-class FakeAdapter(Adapter):
-    """An adapter that provisions nothing; ``left`` is what ``leftovers`` reports."""
+class FakeAdapter:
+    """The part of an adapter the judgements use: its context (labels) and ``leftovers``, which
+    reports ``left``. Anything else (provisioning above all) is absent, so a judgement that
+    reached for it would fail loudly instead of quietly using a default."""
 
     name = "fake"
 
     def __init__(self, ctx: AdapterContext, left: list[str] | None = None) -> None:
-        super().__init__(ctx)
+        self.ctx = ctx
         self.left = left or []
         self.asked: list[Mapping[str, str]] = []
-
-    @property
-    def profile(self) -> Profile:
-        return Profile(driver="fake")
-
-    def available(self) -> Availability:
-        return Availability(True)
-
-    def provision(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-    ) -> Sandbox:
-        raise AssertionError("exception_verdict must not provision")
-
-    def start(self, *args: Any, **kwargs: Any) -> Sandbox:
-        raise AssertionError("exception_verdict must not start a sandbox")
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         self.asked.append(dict(labels))
         return list(self.left)
-
-    def gc(self, run_id: str | None = None) -> list[str]:
-        return []
 
 
 def make_cell(
@@ -85,7 +60,8 @@ def make_cell(
     inventory = Inventory(host="h", gpus=(), simulated=True, source="test")
     ctx = AdapterContext(inventory, GpuLeases(tmp_path), run_id="r1")
     runtime = cast(Any, SimpleNamespace(settings=SimpleNamespace(required=required)))
-    return Cell("fake", FakeAdapter(ctx, left), BY_ID[case_id], expectation, runtime, inventory)
+    adapter = cast(Adapter, FakeAdapter(ctx, left))
+    return Cell("fake", adapter, BY_ID[case_id], expectation, runtime, inventory)
 
 
 def test_rejection_expected_by_the_profile_is_rejected(tmp_path: Path) -> None:
@@ -102,9 +78,9 @@ def test_rejection_checks_leftovers_with_the_cells_labels(tmp_path: Path) -> Non
     assert verdict is Verdict.FAIL
     assert reason == "rejected by fake, but left behind: container abc, volume v1"
     adapter = cast(FakeAdapter, cell.adapter)
-    assert adapter.asked == [
-        {"dev.gpuconform.run": "r1", "dev.gpuconform.worker": "main", "dev.gpuconform.case": "count.over"}
-    ]
+    # The run's own labels (whatever the context holds) plus the case's, never a guess of them.
+    assert adapter.asked == [{**adapter.ctx.labels, "dev.gpuconform.case": "count.over"}]
+    assert adapter.asked[0]["dev.gpuconform.run"] == "r1"
 
 
 def test_rejection_of_a_supported_request_fails(tmp_path: Path) -> None:
