@@ -24,12 +24,12 @@ from gpuconform.reports.schemas import SchemaError
 
 
 @pytest.hookimpl(optionalhook=True)
-def gpuconform_cell_recorded(config: pytest.Config, record: Evidence) -> None:
+def pytest_gpuconform_cell_recorded(config: pytest.Config, record: Evidence) -> None:
     annotate_cell(config, record)  # Allure: title, driver/case/verdict labels, evidence
 
 
 @pytest.hookimpl(optionalhook=True)
-def gpuconform_publish(
+def pytest_gpuconform_publish(
     config: pytest.Config, out_dir: Path, meta: dict[str, Any], records: list[Evidence]
 ) -> tuple[str, list[str]]:
     problems: list[str] = []

@@ -32,10 +32,6 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 #: so this list only shrinks; it is empty when issue 13 is done.
 PENDING: frozenset[tuple[str, str]] = frozenset(
     {
-        # H1: what a simulated host provides reaches adapters through their AdapterContext.
-        ("drivers/qemu_guest.py", "fixtures.sim.simgpu.layout"),
-        ("drivers/qemu_guest.py", "fixtures.sim.simgpu.host"),
-        ("drivers/qemu_vfio.py", "fixtures.sim.fakesysfs"),
         # H1 moves the error types and Deadline to drivers/errors.py (model); H3 repoints these.
         ("fixtures/build/glibc.py", "drivers.base"),
         ("fixtures/build/guestimage.py", "drivers.base"),
