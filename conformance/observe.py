@@ -103,14 +103,38 @@ def query_gpus(cell: Cell, sandbox: Sandbox) -> list[dict[str, Value]]:
     return rows
 
 
-def device_nodes(cell: Cell, sandbox: Sandbox) -> set[int]:
+def device_nodes(cell: Cell, sandbox: Sandbox, key: str = "device_nodes") -> set[int]:
     """The N of every /dev/nvidiaN inside (nvidiactl, nvidia-uvm and friends are not GPUs)."""
     result = cell.run(sandbox, ["ls", "-1", "/dev"])
     if result.exit_code != 0:
         cell.error(f"could not list /dev in {sandbox.id}: {result.stderr.strip()[:200]}")
     nodes = {int(m.group(1)) for line in result.stdout.split() if (m := NODE_RE.match(line.strip()))}
-    cell.parsed["device_nodes"] = sorted(nodes)
+    cell.parsed[key] = sorted(nodes)
     return nodes
+
+
+def expect_no_nodes_from_smi(cell: Cell, sandbox: Sandbox, before: Collection[int], *, smi_ran: bool) -> None:
+    """Fail naming every /dev/nvidiaN that appears once nvidia-smi has run (failure class 4).
+
+    NVML creates the device nodes it finds missing where the driver lets it
+    (NVreg_ModifyDeviceFiles=1) and the sandbox may mknod (CAP_MKNOD), so a sandbox that started
+    with exactly its grant holds other GPUs' nodes after its first nvidia-smi. ``before``: the nodes
+    listed before nvidia-smi ran; ``smi_ran``: whether the case has run it since (else it runs
+    ``nvidia-smi -L`` here, whatever its result: node creation happens at NVML's initialisation).
+    """
+    if not smi_ran:
+        cell.run(sandbox, ["nvidia-smi", "-L"])
+    after = device_nodes(cell, sandbox, "device_nodes_after_smi")
+    created = sorted(set(after) - set(before))
+    if created:
+        names = ", ".join(f"/dev/nvidia{n}" for n in created)
+        cell.fail(
+            f"{names} appeared after nvidia-smi ran, for GPU(s) not granted: NVML creates missing device "
+            "nodes where the driver sets NVreg_ModifyDeviceFiles=1 and the sandbox has CAP_MKNOD "
+            "(the NVIDIA toolkit sets ModifyDeviceFiles: 0 inside containers)",
+            expected=[f"/dev/nvidia{n}" for n in sorted(before)],
+            seen=[f"/dev/nvidia{n}" for n in sorted(after)],
+        )
 
 
 def expect_exactly(

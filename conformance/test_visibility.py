@@ -7,6 +7,7 @@ from gpuconform.conformance.observe import (
     device_nodes,
     expect_exactly,
     expect_no_gpu,
+    expect_no_nodes_from_smi,
     list_gpus,
     query_gpus,
     shape_request,
@@ -92,4 +93,7 @@ def test_smi_nodes(cell: Cell) -> None:
             expected=len(granted),
             seen=sorted(nodes),
         )
-    cell.passed(f"device nodes /dev/nvidia{sorted(nodes)} match the grant exactly")
+    expect_no_nodes_from_smi(cell, sandbox, nodes, smi_ran=sandbox.granted is None)
+    cell.passed(
+        f"device nodes /dev/nvidia{sorted(nodes)} match the grant exactly, before and after nvidia-smi ran"
+    )

@@ -94,6 +94,7 @@ def _base(doc: Mapping[str, Any], granted: frozenset[str] | None) -> dict[str, A
         "simulated": _simulated(doc),
         "cuda_ok": cuda.get("ok"),
         "cuda_error": cuda.get("error"),
+        **({"cuda_error_code": cuda["error_code"]} if cuda.get("error_code") is not None else {}),
         "device_count": cuda.get("device_count"),
         "uuids": _uuids(doc),
         "granted": None if granted is None else sorted(granted),
@@ -104,10 +105,25 @@ def _note(doc: Mapping[str, Any]) -> str:
     return _SIM_NOTE if _simulated(doc) else ""
 
 
+# What a CUresult from initialisation means in a sandbox whose NVML works (failure classes 10, 12
+# and 13 of the research catalogue), keyed by the ``error_code`` the probe reports.
+CUDA_INIT_CAUSES: Mapping[int, str] = {
+    999: "with NVML working this is most often a missing or denied /dev/nvidia-uvm "
+    "(nvidia-uvm not loaded when the CDI spec was generated, or a wrong major in it)",
+    802: "the system is not ready: on an NVSwitch host nvidia-fabricmanager is not running "
+    "(a host fault, seen in every sandbox)",
+    803: "the CUDA user-mode driver does not match the kernel driver "
+    "(stale CDI spec or driver libraries from another version)",
+    804: "forward compatibility (cuda-compat libraries) is not supported on this GPU",
+}
+
+
 def _init_failure(doc: Mapping[str, Any], smi_count: int | None = None) -> str:
-    error = doc.get("cuda", {}).get("error") or "no error text"
+    cuda = doc.get("cuda", {})
+    error = cuda.get("error") or "no error text"
     smi = f"nvidia-smi lists {smi_count} GPU(s) but " if smi_count else ""
-    return f"{smi}CUDA failed to initialise: {error}"
+    cause = CUDA_INIT_CAUSES.get(cuda.get("error_code")) if isinstance(cuda.get("error_code"), int) else None
+    return f"{smi}CUDA failed to initialise: {error}" + (f"; {cause}" if cause else "")
 
 
 PROBE_IMAGE_REMEDY = "pass --probe-image IMAGE with python3, numpy and cupy (see images/probe)"

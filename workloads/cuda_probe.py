@@ -547,6 +547,9 @@ def probe_cupy(
             rt.free(0)
     except Exception as exc:  # CUDARuntimeError's text is already "cudaErrorX: message"
         error = str(exc) if isinstance(exc, rt.CUDARuntimeError) else describe(exc)
+        status = getattr(exc, "status", None)  # the cudaError_t (802, 803, 999 ... share CUresult's numbers)
+        if isinstance(status, int) and not isinstance(status, bool):
+            versions["error_code"] = status
         for key, fn in (("runtime_version", rt.runtimeGetVersion),):
             try:  # answers without a driver: says which CUDA the image's cupy was built for
                 versions[key] = int(fn())
@@ -628,6 +631,8 @@ def cupy_device(
 def probe_driver(driver: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """No cupy, but libcuda: CUDA's initialisation and identities, no checks (they need cupy)."""
     cuda: dict[str, Any] = {"driver_version": driver.get("driver_version"), "error": driver.get("error")}
+    if driver.get("error_code") is not None:  # the CUresult, for the judge to name its cause
+        cuda.update(error_code=driver["error_code"], error_name=driver.get("error_name"))
     if driver.get("ok") and driver.get("device_count"):
         cuda.update(ok=True, device_count=driver["device_count"])
     elif driver.get("ok"):
@@ -715,6 +720,46 @@ def apply_visible_devices(gpus: list[dict[str, str]], value: str | None) -> list
     return chosen
 
 
+# How a simulated GPU's CUDA fails, by its descriptor's CUDA= state (the faults no-uvm,
+# cuda-mismatch and no-fabric-manager, fixtures/sim/simgpu/faults.py): the CUresult cuInit returns
+# on real hardware for that cause, with cuGetErrorString's text and the cause the probe names.
+SIM_CUDA_STATES: dict[str, tuple[int, str, str]] = {
+    "no-uvm": (999, "unknown error", "/dev/nvidia-uvm is {uvm} (the nvidia-uvm node CUDA needs)"),
+    "driver-mismatch": (
+        803,
+        "system has unsupported display driver / cuda driver combination",
+        "the CUDA user-mode driver does not match the kernel driver",
+    ),
+    "no-fabric-manager": (
+        802,
+        "system not yet initialized",
+        "the NVSwitch fabric is not initialised (nvidia-fabricmanager is not running)",
+    ),
+}
+
+
+def simulated_cuda_failure(gpu: Mapping[str, str], dev_dir: str) -> dict[str, Any] | None:
+    """The cuda block of a simulated GPU whose descriptor names a CUDA failure, or None."""
+    state = gpu.get("CUDA", "ok")
+    if state == "ok":
+        return None
+    where = f"{gpu.get('UUID', '?')} at minor {gpu['MINOR']}"
+    if state not in SIM_CUDA_STATES:
+        return {
+            "error": "cudaErrorInitializationError: initialization error "
+            f"(simulated: {where} has CUDA={state})"
+        }
+    code, text, cause = SIM_CUDA_STATES[state]
+    uvm = "present" if os.path.exists(os.path.join(dev_dir, "nvidia-uvm")) else "missing"
+    name = CU_ERROR_NAMES[code]
+    why = f"simulated: {cause.format(uvm=uvm)}; {where} has CUDA={state}"
+    return {
+        "error": f"{name} ({code}) from cuInit: {text} ({why})",
+        "error_code": code,
+        "error_name": name,
+    }
+
+
 def probe_simulated(
     gpus: list[dict[str, str]],
     env: Mapping[str, str],
@@ -725,6 +770,7 @@ def probe_simulated(
 ) -> dict[str, Any]:
     params = {"sizes": dict(sizes), "repeats": repeats}
     visible = apply_visible_devices(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+    dev_dir = env.get(ENV_DEV_DIR, DEFAULT_DEV_DIR)
     for gpu in visible:  # one unusable GPU fails initialisation for the whole process, as on hardware
         where = f"{gpu.get('UUID', '?')} at minor {gpu['MINOR']}"
         if gpu.get("STATE", "ok") == "lost":
@@ -738,17 +784,9 @@ def probe_simulated(
                 errors,
                 params,
             )
-        if gpu.get("CUDA", "ok") != "ok":
-            return document(
-                "simulated",
-                {
-                    "error": "cudaErrorInitializationError: initialization error "
-                    f"(simulated: {where} has CUDA={gpu.get('CUDA')})"
-                },
-                [],
-                errors,
-                params,
-            )
+        failure = simulated_cuda_failure(gpu, dev_dir)
+        if failure is not None:
+            return document("simulated", failure, [], errors, params)
     if not visible:
         why = "CUDA_VISIBLE_DEVICES hides every GPU" if gpus else "no GPU injected"
         return document(
