@@ -9,74 +9,48 @@ whole catalogue without forking.
 from __future__ import annotations
 
 import abc
+import re
+import secrets
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from gpuconform.drivers.errors import (
+    Deadline,
+    DeadlineExceeded,
+    DriverUnavailable,
+    HarnessError,
+    InfrastructureError,
+    RequestRejected,
+)
 from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_PCI, GpuRecord, Inventory
+from gpuconform.drivers.leases import GpuLeases, Lease
 from gpuconform.drivers.request import GpuRequest
-
-if TYPE_CHECKING:
-    from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.selection import Selection, select_gpus
+from gpuconform.drivers.simulated import SimulatedHost
 
 LABEL_PREFIX = "dev.gpuconform"
 LABEL_RUN = f"{LABEL_PREFIX}.run"
 LABEL_WORKER = f"{LABEL_PREFIX}.worker"
 LABEL_CASE = f"{LABEL_PREFIX}.case"
+LABEL_OWNER = f"{LABEL_PREFIX}.owner"
+LABEL_HOST = f"{LABEL_PREFIX}.host"
+PUT_FILE_TIMEOUT_S = 60.0
+# Where the harness copies files into a sandbox (probe scripts); every sandbox accepts put_file
+# there (the bare host maps it to a private directory).
+SANDBOX_SCRATCH = "/tmp/gpuconform"
 
-
-class HarnessError(Exception):
-    """Base of the harness's own errors: a one-line message, and a hint where one helps."""
-
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
-
-
-class RequestRejected(HarnessError):
-    """The driver or its engine refused the request cleanly; nothing was left behind."""
-
-
-class DriverUnavailable(HarnessError):
-    """The driver cannot run here (engine missing or down); a skip, or an error when required."""
-
-
-class InfrastructureError(HarnessError):
-    """The engine or the harness broke (not the GPU stack under test): verdict ``error``."""
-
-
-class DeadlineExceeded(InfrastructureError):
-    """An external call ran past its deadline."""
-
-
-class Deadline:
-    """A point in monotonic time that every external call is bounded by."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self._end - time.monotonic())
-
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() >= self._end
-
-    def cap(self, seconds: float) -> float:
-        """The smaller of ``seconds`` and what is left; at least a sliver so calls fail fast."""
-        return max(0.01, min(seconds, self.remaining))
-
-    def check(self, what: str) -> None:
-        if self.expired:
-            raise DeadlineExceeded(f"{what}: deadline of {self.seconds:.0f}s exceeded")
+__all__ = [  # the errors and the deadline live in drivers.errors; importable from here as before
+    "Deadline",
+    "DeadlineExceeded",
+    "DriverUnavailable",
+    "HarnessError",
+    "InfrastructureError",
+    "RequestRejected",
+]
 
 
 @dataclass(frozen=True)
@@ -129,11 +103,12 @@ class Profile:
     oversubscribe: Literal["reject", "shared"] = "reject"
     notes: str = ""
 
-    def expect(self, case_id: str) -> Expectation:
+    def expect(self, case_id: str, default: Expectation = "supported") -> Expectation:
+        """What the profile declares for ``case_id``: the case itself, else its ``family.*``, else
+        ``default`` (the catalogue's expectation for a case a profile does not name)."""
         if case_id in self.cases:
             return self.cases[case_id]
-        family = case_id.split(".", 1)[0] + ".*"
-        return self.cases.get(family, "supported")
+        return self.cases.get(case_id.split(".", 1)[0] + ".*", default)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,7 +129,8 @@ class Availability:
 
 @dataclass
 class AdapterContext:
-    """What an adapter is handed: the ground truth, the leases, the run's labels and options."""
+    """What an adapter is handed: the ground truth, the leases, the run's labels and options,
+    and what a simulated host offers (None on a real host)."""
 
     inventory: Inventory
     leases: GpuLeases
@@ -162,10 +138,43 @@ class AdapterContext:
     worker: str = "main"
     state_dir: Path = Path("/tmp/gpuconform")
     options: Mapping[str, str] = field(default_factory=dict)
+    # What a simulated host offers (fixtures/sim fills it when the inventory is simulated).
+    sim: SimulatedHost | None = None
+    # This machine as a label value (``host_label()``); "" leaves the host label off.
+    host: str = field(default_factory=lambda: host_label())
 
     @property
     def labels(self) -> dict[str, str]:
-        return {LABEL_RUN: self.run_id, LABEL_WORKER: self.worker}
+        labels = {LABEL_RUN: self.run_id, LABEL_WORKER: self.worker}
+        return {**labels, LABEL_HOST: self.host} if self.host else labels
+
+
+def host_label() -> str:
+    """This machine's name as a label value (Kubernetes-safe: [A-Za-z0-9._-], <= 63 chars), so a
+    run's resources on an engine shared by several hosts say whose they are."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname())[:63].strip("-._") or "host"
+
+
+@dataclass(frozen=True)
+class LabelledRun:
+    """A run id found on an engine's resources, with the host label they carry ("" on resources
+    made before the host label existed) and when its newest one was created (epoch seconds; 0.0
+    when the engine does not say)."""
+
+    run_id: str
+    host: str = ""
+    created: float = 0.0
+
+
+def merge_runs(found: Iterable[tuple[Mapping[str, str], float]]) -> list[LabelledRun]:
+    """One LabelledRun per (run, host) from resources' (labels, created) pairs, newest time kept."""
+    runs: dict[tuple[str, str], float] = {}
+    for labels, created in found:
+        run_id = labels.get(LABEL_RUN, "")
+        if run_id:
+            key = (run_id, labels.get(LABEL_HOST, ""))
+            runs[key] = max(runs.get(key, 0.0), created)
+    return [LabelledRun(run_id, host, created) for (run_id, host), created in sorted(runs.items())]
 
 
 OptionKind = Literal["text", "path", "int", "seconds", "flag", "choice"]
@@ -207,30 +216,110 @@ class OptionSpec:
         return None
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One provision, as the base hands it to an adapter's ``start``: everything already decided.
+
+    ``labels`` are the run's, the cell's and the owner label together (put them on whatever the
+    start creates); ``selection`` holds the native ids to hand the engine, the UUIDs they should
+    yield and the lease (released by the base when ``start`` raises, and by ``Sandbox.close``);
+    ``name`` is a fresh sandbox name that carries the run id (containers use it as their name).
+    """
+
+    request: GpuRequest
+    image: str
+    labels: Mapping[str, str]
+    env: Mapping[str, str]
+    deadline: Deadline
+    selection: Selection
+    name: str
+
+
+def put_file_argv(path: str, size: int, mode: int) -> list[str]:
+    """A command that writes exactly ``size`` bytes of stdin to ``path`` (the path is an argument,
+    never part of the script). ``head -c`` stops after ``size`` bytes, so it needs no end of file
+    on stdin (a Kubernetes v4 exec channel cannot send one)."""
+    script = 'mkdir -p "$(dirname "$1")" && head -c "$2" > "$1" && chmod "$3" "$1"'
+    return ["sh", "-c", script, "sh", path, str(size), format(mode, "o")]
+
+
 class Sandbox(abc.ABC):
     """A running container, pod or VM with an exec channel.
+
+    The base owns what every sandbox shares: its identity (``id``, ``driver``, ``request``,
+    ``granted``, ``labels``, ``versions``, ``timings``), the ExecResult of a command named by the
+    caller's argv, ``put_file`` (through the exec channel, data on stdin), and an idempotent
+    ``close`` that runs the subclass's ``teardown`` once, then releases the lease and records
+    ``teardown_s``, even when the teardown raises (so a reaper can call it after any failure).
+    A subclass writes ``raw_exec`` and ``teardown``, and overrides ``put_file`` only where the
+    engine has a better channel (an archive upload, SFTP).
 
     ``granted`` is the set of UUIDs the request should yield, when the harness knows it before
     looking (it chose or named the GPUs); None when the driver chose (kubernetes), in which case
     cases judge by count and inventory membership.
     """
 
-    id: str
-    driver: str
-    request: GpuRequest
-    granted: frozenset[str] | None
-    versions: dict[str, str]
-    timings: dict[str, float]
+    def __init__(self, adapter: Adapter, launch: Launch, sandbox_id: str = "") -> None:
+        self.adapter = adapter
+        self.id = sandbox_id or launch.name
+        self.driver = adapter.name
+        self.request = launch.request
+        self.granted: frozenset[str] | None = launch.selection.granted
+        self.labels: dict[str, str] = dict(launch.labels)
+        self.versions: dict[str, str] = dict(adapter.versions)
+        self.timings: dict[str, float] = {}
+        self._lease: Lease = launch.selection.lease
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @abc.abstractmethod
-    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult: ...
+    def raw_exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
+        """Run ``argv`` inside by the engine's own means (``stdin`` fed to it when given); the
+        result may name the engine's wrapper command, ``exec`` renames it."""
 
     @abc.abstractmethod
-    def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None: ...
+    def teardown(self) -> None:
+        """Remove what ``start`` created (called once, by ``close``); raise when something stays."""
 
-    @abc.abstractmethod
+    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        raw = self.raw_exec(argv, timeout=timeout)
+        return ExecResult(tuple(argv), raw.exit_code, raw.stdout, raw.stderr, raw.duration_s, raw.timed_out)
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
+        """Write ``data`` to ``path`` inside (parents made), through the exec channel's stdin."""
+        argv = put_file_argv(path, len(data), mode)
+        result = self.raw_exec(argv, timeout=PUT_FILE_TIMEOUT_S, stdin=data)
+        if not result.ok:
+            raise InfrastructureError(
+                f"copying {len(data)} bytes to {path} in {self.driver} sandbox {self.id} failed "
+                f"(exit {result.exit_code}, timed out: {result.timed_out}): {result.stderr.strip()[:200]}",
+                hint="the image needs sh, head, mkdir and chmod",
+            )
+
     def close(self) -> None:
-        """Tear down; idempotent, and safe to call from a reaper after a failure."""
+        """Tear down once; idempotent, and safe to call from a reaper after a failure."""
+        if self._closed:
+            return
+        self._closed = True
+        start = time.monotonic()
+        try:
+            self.teardown()
+        finally:
+            self._lease.release()
+            self.timings["teardown_s"] = round(time.monotonic() - start, 3)
+
+    @property
+    def console_log(self) -> str | None:
+        """The sandbox's console (a VM's serial console), kept after close; None: it has none."""
+        return None
+
+    def diagnostics(self) -> dict[str, Any]:
+        """What the engine can say about this sandbox when a case on it fails (a pod's events and
+        logs); empty where it has nothing beyond the commands' own output."""
+        return {}
 
     def __enter__(self) -> Sandbox:
         return self
@@ -240,12 +329,19 @@ class Sandbox(abc.ABC):
 
 
 class Adapter(abc.ABC):
-    """One kind of sandbox. Subclasses set ``name`` and implement the abstract methods."""
+    """One kind of sandbox. A subclass sets ``name`` (and ``id_scheme``), and writes ``profile``,
+    ``available``, ``start``, ``leftovers`` and ``gc``; the rest has defaults it may override.
+
+    ``provision`` is written once, here: it selects GPUs (``select``: leases, native ids), hands
+    the subclass's ``start`` a ``Launch``, releases the lease when the start raises, and records
+    ``provision_s``. Requests arrive validated (the cell validates them before asking).
+    """
 
     name: str = ""
     id_scheme: str = ""
-    # Image kinds the adapter runs: "busybox" for nvidia-smi cases, "python" for compute.
-    default_images: Mapping[str, str] = {}
+    # Whether the harness leases the GPUs it selects (disjoint sandboxes). Only an observer that
+    # isolates nothing (the bare host) sets it False: it must see GPUs other sandboxes hold.
+    leases_gpus: bool = True
     # Whether /dev/nvidiaN inside is the host's node (containers bind the host's nodes). A VM's
     # guest driver numbers its own, so smi.nodes can only hold it to the count.
     node_minors_follow_host: bool = True
@@ -256,7 +352,9 @@ class Adapter(abc.ABC):
 
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
+        self.versions: dict[str, str] = {}  # filled by ``available``; each sandbox copies it
 
+    # -- what a subclass writes ---------------------------------------------------------------
     @property
     @abc.abstractmethod
     def profile(self) -> Profile: ...
@@ -264,15 +362,33 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def available(self) -> Availability: ...
 
-    def native_ids(self, gpu: GpuRecord) -> list[str]:
-        """The ids this driver selects ``gpu`` with, taken from the inventory (never hard-coded)."""
-        return list(gpu.ids(self.id_scheme))
-
-    def all_ids(self) -> list[str] | None:
-        """The driver's single "all GPUs" id (CDI ``=all``), or None where it has none."""
-        return None
+    @abc.abstractmethod
+    def start(self, launch: Launch) -> Sandbox:
+        """Create and start the sandbox of ``launch``; raise RequestRejected when the engine
+        refuses the request. A start that fails half-way undoes what it created before raising
+        (the base then releases the lease)."""
 
     @abc.abstractmethod
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        """Resources carrying all of ``labels`` that still exist, one line each (``count.over``
+        and every rejection check that nothing was left behind). An adapter that creates nothing
+        returns [] and says so in its docstring."""
+
+    @abc.abstractmethod
+    def gc(self, run_id: str | None = None) -> list[str]:
+        """Remove resources labelled by the harness (one run's, or every run's); return what went.
+        The reaper calls it for every registered adapter, with a context holding no GPUs. Raise
+        DriverUnavailable when nothing answers at the engine's address (nothing to collect), any
+        other error when the engine answers with one or times out (a removal that failed)."""
+
+    @abc.abstractmethod
+    def labelled_runs(self) -> list[LabelledRun]:
+        """Every run that has resources on this adapter's engine (containers, pods, VM processes),
+        read from their ``dev.gpuconform.run`` / ``.host`` labels (``merge_runs``), so that
+        ``gpuconform gc`` can reap runs whose run folder is gone. Raise DriverUnavailable when
+        the engine is not here, as ``gc``."""
+
+    # -- the one provision preamble -----------------------------------------------------------
     def provision(
         self,
         req: GpuRequest,
@@ -282,10 +398,76 @@ class Adapter(abc.ABC):
         deadline: Deadline,
         env: Mapping[str, str] | None = None,
     ) -> Sandbox:
-        """Start a sandbox for ``req``; raise RequestRejected when the driver refuses it.
+        """Start a sandbox for ``req``; RequestRejected when the driver refuses it."""
+        start = time.monotonic()
+        selection = self.select(req, deadline)
+        launch = self.launch(req, image=image, labels=labels, deadline=deadline, env=env, selection=selection)
+        try:
+            sandbox = self.start(launch)
+        except BaseException:
+            selection.release()
+            raise
+        sandbox.timings.setdefault("provision_s", round(time.monotonic() - start, 3))
+        return sandbox
 
-        A start that fails half-way undoes what it did before raising.
-        """
+    def launch(
+        self,
+        req: GpuRequest,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        deadline: Deadline,
+        env: Mapping[str, str] | None = None,
+        selection: Selection | None = None,
+    ) -> Launch:
+        """The Launch ``provision`` hands ``start`` (an adapter's own helper sandboxes, such as a
+        ground-truth probe, are made from one too): the run's labels joined to ``labels``."""
+        return Launch(
+            request=req,
+            image=image,
+            labels={**self.ctx.labels, **labels, LABEL_OWNER: "gpuconform"},
+            env=dict(env or {}),
+            deadline=deadline,
+            selection=selection or Selection((), None, Lease(())),
+            name=self.sandbox_name(),
+        )
+
+    def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
+        """Which GPUs ``req`` gets and under which native ids: leased free GPUs (lowest index
+        first) for a default or count request, the request's own ids passed through for the
+        engine to judge (and leased when the inventory knows them). RequestRejected for a count
+        beyond the host. Override for an engine with its own allocator or id forms."""
+        all_ids = self.all_ids()
+        return select_gpus(
+            self.ctx,
+            req,
+            self.id_scheme,
+            deadline,
+            all_id=all_ids[0] if all_ids else None,
+            leased=self.leases_gpus,
+            inventory=self.id_inventory(),
+        )
+
+    def sandbox_name(self) -> str:
+        """A fresh name carrying the run id (a valid container name: ``[a-zA-Z0-9][a-zA-Z0-9_.-]*``)."""
+        safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", self.ctx.run_id).strip("-_.") or "run"
+        return f"gpuconform-{safe[:40]}-{secrets.token_hex(3)}"
+
+    # -- native ids ---------------------------------------------------------------------------
+    def id_inventory(self) -> Inventory:
+        """The host's GPUs under the native ids this adapter uses: the run's inventory, or one
+        whose ids were learnt from the engine's own configuration (CDI specs)."""
+        return self.ctx.inventory
+
+    def native_ids(self, gpu: GpuRecord) -> list[str]:
+        """The ids this driver selects ``gpu`` with, taken from the inventory (never hard-coded);
+        none when the adapter's id inventory does not name it."""
+        named = self.id_inventory().by_uuid(gpu.uuid)
+        return list(named.ids(self.id_scheme)) if named is not None else []
+
+    def all_ids(self) -> list[str] | None:
+        """The driver's single "all GPUs" id (CDI ``=all``), or None where it has none."""
+        return None
 
     def unknown_id(self) -> str:
         """A well-formed native id that names no GPU of this host (for ``device.invalid``)."""
@@ -296,24 +478,37 @@ class Adapter(abc.ABC):
             return "0000:ff:1f.7"
         return str(beyond)
 
+    # -- optional hooks, with defaults that hide nothing --------------------------------------
+    def image(self, kind: str, *, deadline: Deadline) -> str:
+        """The image reference this adapter runs for image kind ``kind`` (``busybox``,
+        ``python``, ...): an ``image.<kind>`` option, else the adapter's own (``local_image``)."""
+        return self.ctx.options.get(f"image.{kind}") or self.local_image(kind, deadline)
+
+    def local_image(self, kind: str, deadline: Deadline) -> str:
+        """The adapter's own image for ``kind`` (built or named). The default has none: an adapter
+        that runs images says which, so no driver is handed a guessed name."""
+        raise InfrastructureError(
+            f"the {self.name} adapter names no image for {kind!r}",
+            hint=f"pass --image {kind}=REF, or give the adapter a local_image",
+        )
+
     def ground_truth(self, *, image: str = "", deadline: Deadline | None = None) -> Inventory | None:
         """The inventory this column is judged against when it is not the run's own (a cluster's
         GPU nodes are not the runner's GPUs); None, the default, means the run's inventory."""
         return None
 
-    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
-        """Resources carrying all of ``labels`` that still exist (``count.over`` checks none are).
+    def release_problems(self, sandbox: Sandbox) -> list[str]:
+        """What the closed ``sandbox`` left behind (``release``): by default, whatever still
+        carries its labels. An adapter whose sandboxes hold more than labelled resources (VFIO
+        bindings) adds those."""
+        return self.leftovers(sandbox.labels)
 
-        Part of the contract: an adapter that creates anything (a container, a pod, a VM process,
-        a VFIO binding) lists here what of it still exists, one line each, so that "nothing left
-        behind" is checked on every column. Only an adapter that creates nothing may keep this
-        empty default.
-        """
-        return []
-
-    def gc(self, run_id: str | None = None) -> list[str]:
-        """Remove resources labelled by the harness (one run's, or all); return what went."""
-        return []
-
-    def image_for(self, kind: str) -> str:
-        return self.ctx.options.get(f"image.{kind}") or self.default_images.get(kind, "")
+    def diagnostics(self, error: BaseException, sandboxes: Sequence[Sandbox] = ()) -> dict[str, Any]:
+        """What to keep in the evidence about a failed cell: what the error carries (an engine's
+        dump taken when it failed) and each sandbox's own ``diagnostics``."""
+        found: dict[str, Any] = dict(error.diagnostics) if isinstance(error, HarnessError) else {}
+        for sandbox in sandboxes:
+            more = sandbox.diagnostics()
+            if more:
+                found[sandbox.id] = more
+        return found

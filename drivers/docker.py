@@ -18,7 +18,6 @@ shared (``docker.host``), so one run can drive two engines.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,6 @@ import requests
 
 from gpuconform.drivers import docker_payload as wire
 from gpuconform.drivers.base import (
-    LABEL_PREFIX,
     LABEL_RUN,
     Adapter,
     AdapterContext,
@@ -39,15 +37,19 @@ from gpuconform.drivers.base import (
     DriverUnavailable,
     ExecResult,
     InfrastructureError,
+    LabelledRun,
+    Launch,
     OptionSpec,
     Profile,
     RequestRejected,
     Sandbox,
+    merge_runs,
 )
 from gpuconform.drivers.docker_payload import one_line
-from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, GpuRecord, Inventory, learnt_cdi_inventory
+from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, Inventory, learnt_cdi_inventory
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection, select_gpus
+from gpuconform.fixtures.build.images import ensure_image
 
 KEEPALIVE = ["sleep", "2147483647"]
 PING_TIMEOUT_S = 3.0
@@ -57,19 +59,15 @@ ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExcep
 
 
 class DockerSandbox(Sandbox):
-    def __init__(self, adapter: DockerAdapter, container: Any, req: GpuRequest, selection: Selection) -> None:
-        self.adapter = adapter
-        self._container = container  # testcontainers DockerContainer
-        self.id = container.get_container_id()
-        self.driver = adapter.name
-        self.request = req
-        self.granted = selection.granted
-        self.versions = dict(adapter.versions)
-        self.timings: dict[str, float] = {}
-        self._selection = selection
-        self._closed = False
+    adapter: DockerAdapter
 
-    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+    def __init__(self, adapter: DockerAdapter, launch: Launch, container: Any) -> None:
+        super().__init__(adapter, launch, container.get_container_id())
+        self._container = container  # testcontainers DockerContainer
+
+    def raw_exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
+        if stdin is not None:  # put_file has its own channel (put_archive); nothing else feeds stdin
+            raise InfrastructureError("docker exec with data on stdin is not wired in this adapter")
         start = time.monotonic()
         deadline = Deadline(timeout)
         api = self.adapter.client().api
@@ -113,16 +111,10 @@ class DockerSandbox(Sandbox):
         if not ok:
             raise InfrastructureError(f"copying {path} into {self.id[:12]} failed: engine said no")
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        start = time.monotonic()
+    def teardown(self) -> None:
         try:
             self.adapter.remove(self.id)
         finally:
-            self._selection.release()
-            self.timings["teardown_s"] = round(time.monotonic() - start, 3)
             with contextlib.suppress(*ENGINE_ERRORS):
                 self._container.get_docker_client().client.close()
 
@@ -150,7 +142,6 @@ class DockerAdapter(Adapter):
         self._client: docker.DockerClient | None = None
         self._ready: Availability | None = None
         self._cdi_learnt: Inventory | None = None
-        self.versions: dict[str, str] = {}
 
     # Engine ---------------------------------------------------------------------------------
     @property
@@ -233,12 +224,9 @@ class DockerAdapter(Adapter):
             self.available()
         return self._cdi_learnt
 
-    def native_ids(self, gpu: GpuRecord) -> list[str]:
+    def id_inventory(self) -> Inventory:
         learnt = self._cdi_names()
-        if learnt is None:
-            return super().native_ids(gpu)
-        named = learnt.by_uuid(gpu.uuid)
-        return list(named.ids(SCHEME_CDI)) if named is not None else []
+        return self.ctx.inventory if learnt is None else learnt
 
     def available(self) -> Availability:
         try:
@@ -268,83 +256,47 @@ class DockerAdapter(Adapter):
             return [self.ctx.inventory.cdi_all]  # the legacy column maps it to --gpus all
         return [learnt.cdi_all_id] if learnt.cdi_all_id else None  # the spec's, when it has one
 
-    def image_for(self, kind: str) -> str:
-        """The image of ``kind``: an ``image.<kind>`` option, else the locally built one."""
-        explicit = self.ctx.options.get(f"image.{kind}")
-        if explicit:
-            return explicit
-        from gpuconform.fixtures.build.images import (
-            ensure_image,  # built from local packages; only when asked for
-        )
-
-        return ensure_image("docker", kind, docker_host=self.base_url, deadline=Deadline(900))
+    def local_image(self, kind: str, deadline: Deadline) -> str:
+        """The locally built image of ``kind``, in this column's engine (its own image store)."""
+        return ensure_image("docker", kind, docker_host=self.base_url, deadline=deadline)
 
     # Provision ------------------------------------------------------------------------------
-    def _select(self, req: GpuRequest, deadline: Deadline) -> Selection:
-        inventory = self.ctx.inventory
+    def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
+        """Only on an engine that takes this column's path; count.over is refused here, before
+        any create. The legacy column names GPUs by index or UUID (unknown ids refused, named)."""
+        self._require_ready()
         if self.gpu_path == wire.GPU_PATH_CDI:
-            learnt = self._cdi_names()
-            if learnt is None:
-                return select_gpus(self.ctx, req, SCHEME_CDI, deadline, all_id=inventory.cdi_all)
-            return select_gpus(
-                self.ctx, req, SCHEME_CDI, deadline, all_id=learnt.cdi_all_id, inventory=learnt
-            )
-        legacy = wire.legacy_ids(req, inventory)  # unknown ids are refused here, named
+            return super().select(req, deadline)
+        legacy = wire.legacy_ids(req, self.ctx.inventory)
         return select_gpus(self.ctx, legacy, SCHEME_LEGACY, deadline, all_id=wire.LEGACY_ALL)
 
-    def provision(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-    ) -> Sandbox:
-        req.validate()
-        start = time.monotonic()
-        self._require_ready()
-        selection = self._select(req, deadline)  # count.over is refused here, before any create
-        try:
-            container = self._start(req, selection, image, labels, env, deadline)
-        except BaseException:
-            selection.release()
-            raise
-        sandbox = DockerSandbox(self, container, req, selection)
-        sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
-        return sandbox
+    def start(self, launch: Launch) -> Sandbox:
+        return DockerSandbox(self, launch, self._start(launch))
 
-    def _start(
-        self,
-        req: GpuRequest,
-        selection: Selection,
-        image: str,
-        labels: Mapping[str, str],
-        env: Mapping[str, str] | None,
-        deadline: Deadline,
-    ) -> Any:
+    def _start(self, launch: Launch) -> Any:
         from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import DockerContainer
 
         testcontainers_config.ryuk_disabled = True  # no reaper image here; gc reaps by label
+        image, ids = launch.image, launch.selection.ids
         self._require_image(image)  # testcontainers would try to pull a missing one
         container = None
         try:
             container = (
                 DockerContainer(
                     image,
-                    env=dict(env or {}),
+                    env=dict(launch.env),
                     docker_client_kw={
                         "environment": {"DOCKER_HOST": self.base_url},
-                        "timeout": deadline.cap(self.api_timeout),
+                        "timeout": launch.deadline.cap(self.api_timeout),
                     },
                 )
                 .with_command(list(KEEPALIVE))
-                .with_name(wire.container_name(self.ctx.run_id, secrets.token_hex(3)))
+                .with_name(launch.name)
                 .with_kwargs(
-                    labels={**self.ctx.labels, **labels, f"{LABEL_PREFIX}.owner": "gpuconform"},
+                    labels=dict(launch.labels),
                     network="none",  # sandboxes need no network; keeps testcontainers from guessing one
-                    device_requests=wire.device_requests(self.gpu_path, selection.ids),
+                    device_requests=wire.device_requests(self.gpu_path, ids),
                 )
             )
             container.start()
@@ -353,8 +305,8 @@ class DockerAdapter(Adapter):
             if container is not None:
                 self._discard(container)
             why = one_line(exc)
-            if isinstance(exc, docker.errors.APIError) and req.gpu and wire.is_device_refusal(why):
-                raise RequestRejected(f"docker refused GPU request {list(selection.ids)}: {why}") from None
+            if isinstance(exc, docker.errors.APIError) and launch.request.gpu and wire.is_device_refusal(why):
+                raise RequestRejected(f"docker refused GPU request {list(ids)}: {why}") from None
             if isinstance(exc, ENGINE_ERRORS):
                 raise InfrastructureError(f"docker could not start a container of {image}: {why}") from None
             raise
@@ -395,11 +347,22 @@ class DockerAdapter(Adapter):
         filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
         try:
             return list(self.client().api.containers(all=True, filters=filters))
+        except requests.exceptions.ConnectionError as exc:
+            if isinstance(exc, requests.exceptions.Timeout):  # there, but frozen: a failure
+                raise InfrastructureError(
+                    f"docker ps at {self.base_url} timed out: {one_line(exc)}"
+                ) from None
+            raise DriverUnavailable(self._unreachable(exc), hint=UNREACHABLE_HINT) from None
         except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"docker ps at {self.base_url} failed: {one_line(exc)}") from None
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         return [wire.container_label(c) for c in self._labelled(labels)]
+
+    def labelled_runs(self) -> list[LabelledRun]:
+        return merge_runs(
+            (c.get("Labels") or {}, float(c.get("Created") or 0)) for c in self._labelled({LABEL_RUN: ""})
+        )
 
     def gc(self, run_id: str | None = None) -> list[str]:
         entries = self._labelled({LABEL_RUN: run_id or ""})

@@ -13,68 +13,65 @@ has the harness's numpy, and cupy where the ``cuda`` extra is installed), or the
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gpuconform.drivers.base import (
+    LABEL_RUN,
+    SANDBOX_SCRATCH,
     Adapter,
-    AdapterContext,
     Availability,
     Deadline,
     ExecResult,
     Expectation,
     InfrastructureError,
+    LabelledRun,
+    Launch,
     OptionSpec,
     Profile,
     Sandbox,
+    merge_runs,
 )
 from gpuconform.drivers.inventory import SCHEME_HOST
-from gpuconform.drivers.request import GpuRequest
-from gpuconform.drivers.selection import Selection, select_gpus
 from gpuconform.drivers.subproc import run_command
-from gpuconform.fixtures.sim.simgpu.layout import ENV_DESC_DIR, ENV_DEV_DIR, SANDBOX_SCRATCH
 
 NOT_ISOLATED: Expectation = "unsupported"
 OPT_PYTHON = "host.python"
+LABELS_FILE = "labels.json"
 
 
 class HostSandbox(Sandbox):
-    """Commands run directly on the host; files the harness copies go to a private scratch dir."""
+    """Commands run directly on the host; files the harness copies go to a private scratch dir
+    (under the run's state dir, with the sandbox's labels beside it for ``leftovers``)."""
 
-    def __init__(self, adapter: HostAdapter, req: GpuRequest, selection: Selection) -> None:
-        self.id = f"host-{adapter.ctx.run_id}-{secrets.token_hex(3)}"
-        self.driver = "host"
-        self.request = req
-        self.granted = selection.granted
-        self.versions = dict(adapter.versions)
-        self.timings: dict[str, float] = {}
-        self._selection = selection
-        self._scratch = Path(tempfile.mkdtemp(prefix="gpuconform-host-"))
+    adapter: HostAdapter
+
+    def __init__(self, adapter: HostAdapter, launch: Launch) -> None:
+        super().__init__(adapter, launch, f"host-{adapter.ctx.run_id}-{secrets.token_hex(3)}")
+        self.dir = adapter.scratch_base(adapter.ctx.run_id) / self.id
+        self._scratch = self.dir / "scratch"
+        self._scratch.mkdir(parents=True)
+        (self.dir / LABELS_FILE).write_text(json.dumps(self.labels))
         self._env = adapter.base_env()
         self._python = adapter.python()
-        if req.gpu:
-            self._env["CUDA_VISIBLE_DEVICES"] = ",".join(sorted(selection.granted))
-        self._closed = False
+        if launch.request.gpu and self.granted is not None:
+            self._env["CUDA_VISIBLE_DEVICES"] = ",".join(sorted(self.granted))
 
     def _map(self, arg: str) -> str:
         if arg.startswith(SANDBOX_SCRATCH + "/"):
             return str(self._scratch / arg[len(SANDBOX_SCRATCH) + 1 :])
         return arg
 
-    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+    def raw_exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
         mapped = [self._map(a) for a in argv]
         if mapped and mapped[0] == "python3":
             mapped[0] = self._python
-        result = run_command(mapped, timeout=timeout, env=self._env)
-        return ExecResult(
-            tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s, result.timed_out
-        )
+        return run_command(mapped, timeout=timeout, env=self._env, input_data=stdin)
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         target = Path(self._map(path))
@@ -86,14 +83,10 @@ class HostSandbox(Sandbox):
         target.write_bytes(data)
         target.chmod(mode)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        start = time.monotonic()
-        shutil.rmtree(self._scratch, ignore_errors=True)
-        self._selection.release()
-        self.timings["teardown_s"] = round(time.monotonic() - start, 3)
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            raise InfrastructureError(f"could not remove the host sandbox's directory {self.dir}")
 
 
 class HostAdapter(Adapter):
@@ -103,10 +96,7 @@ class HostAdapter(Adapter):
         "host.uuid_map": OptionSpec("CSV of pci.bus_id,uuid saved before GPUs went to vfio-pci", "path"),
     }
     id_scheme = SCHEME_HOST
-
-    def __init__(self, ctx: AdapterContext) -> None:
-        super().__init__(ctx)
-        self.versions: dict[str, str] = {}
+    leases_gpus = False  # an observer: it must see GPUs other sandboxes hold
 
     @property
     def profile(self) -> Profile:
@@ -125,28 +115,30 @@ class HostAdapter(Adapter):
                 "exclusive.*": NOT_ISOLATED,
                 "env.*": NOT_ISOLATED,
                 "release": NOT_ISOLATED,
+                "mig.*": NOT_ISOLATED,
             },
             exclusive=False,
             oversubscribe="shared",
             notes="bare-metal baseline: no isolation; CUDA cases restricted with CUDA_VISIBLE_DEVICES",
         )
 
-    def sim_root(self) -> Path | None:
-        root = self.ctx.options.get("sim.root")
-        return Path(root) if root else None
-
     def python(self) -> str:
         """The interpreter host commands run as ``python3``: the named one, else the harness's own."""
         return self.ctx.options.get(OPT_PYTHON) or sys.executable
 
     def base_env(self) -> dict[str, str]:
+        """This process's environment; on a simulated host, pointed at the simulated GPUs."""
         env = dict(os.environ)
-        root = self.sim_root()
-        if root is not None:
-            env["PATH"] = f"{root / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
-            env[ENV_DEV_DIR] = str(root / "dev")
-            env[ENV_DESC_DIR] = str(root / "gpus")
+        if self.ctx.sim is not None:
+            extra = self.ctx.sim.host_env()
+            path = extra.pop("PATH", "")
+            env.update(extra)
+            if path:
+                env["PATH"] = f"{path}:{env.get('PATH', '/usr/bin:/bin')}"
         return env
+
+    def scratch_base(self, run_id: str) -> Path:
+        return Path(self.ctx.state_dir) / "host" / run_id
 
     def available(self) -> Availability:
         python = self.python()
@@ -169,18 +161,38 @@ class HostAdapter(Adapter):
         }
         return Availability(True, versions=dict(self.versions))
 
-    def provision(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-    ) -> Sandbox:
-        req.validate()
-        start = time.monotonic()
-        selection = select_gpus(self.ctx, req, SCHEME_HOST, deadline, leased=False)
-        sandbox = HostSandbox(self, req, selection)
-        sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
-        return sandbox
+    def start(self, launch: Launch) -> Sandbox:
+        return HostSandbox(self, launch)
+
+    def local_image(self, kind: str, deadline: Deadline) -> str:
+        return kind  # commands run in this machine's own environment: the kind names no image
+
+    def _sandboxes(self, run_id: str | None) -> list[Path]:
+        base = self.scratch_base(run_id) if run_id else self.scratch_base("-").parent
+        return sorted(base.glob("*/" + LABELS_FILE) if run_id else base.glob("*/*/" + LABELS_FILE))
+
+    def leftovers(self, labels: Mapping[str, str]) -> list[str]:
+        """Scratch directories of host sandboxes carrying all of ``labels`` (nothing else is made)."""
+        found = []
+        for path in self._sandboxes(labels.get(LABEL_RUN, self.ctx.run_id)):
+            own = self._labels_of(path)
+            if all(own.get(k) == v for k, v in labels.items()):
+                found.append(f"host sandbox directory {path.parent}")
+        return found
+
+    def labelled_runs(self) -> list[LabelledRun]:
+        return merge_runs((self._labels_of(path), path.stat().st_mtime) for path in self._sandboxes(None))
+
+    def _labels_of(self, path: Path) -> dict[str, str]:
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    def gc(self, run_id: str | None = None) -> list[str]:
+        gone = []
+        for path in self._sandboxes(run_id):
+            shutil.rmtree(path.parent, ignore_errors=True)
+            gone.append(f"host sandbox directory {path.parent}")
+        return gone

@@ -7,13 +7,21 @@ next pod only once the pod holding it is gone from the API, so ``release`` depen
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from gpuconform.drivers.base import Deadline, DeadlineExceeded, DriverUnavailable, InfrastructureError
+from gpuconform.drivers.base import (
+    Deadline,
+    DeadlineExceeded,
+    DriverUnavailable,
+    HarnessError,
+    InfrastructureError,
+)
 from gpuconform.drivers.kube_diag import GPU_RESOURCE, api_error_message, as_plain
 
 __all__ = ["GPU_RESOURCE"]
@@ -226,6 +234,43 @@ def delete_namespace(core: Any, namespace: str, deadline: Deadline) -> list[str]
         deadline,
     )
     return [f"namespace/{namespace}"]
+
+
+T = TypeVar("T")
+
+
+def answering(what: str, call: Callable[[], T]) -> T:
+    """``call()``, with an API server that refuses connections as DriverUnavailable (nothing
+    answers: nothing to collect) and any other client failure as InfrastructureError."""
+    try:
+        return call()
+    except HarnessError:
+        raise
+    except Exception as exc:
+        from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+        if isinstance(exc, MaxRetryError) and isinstance(exc.reason, NewConnectionError):
+            raise DriverUnavailable(f"{what}: the Kubernetes API does not answer: {exc.reason}") from None
+        raise InfrastructureError(f"{what} failed: {api_error_message(exc)}") from None
+
+
+def labelled_objects(core: Any, selector: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, creation time in epoch seconds) of every pod and namespace matching ``selector``."""
+    pods = as_plain(core.list_pod_for_all_namespaces(label_selector=selector, _request_timeout=API_TIMEOUT_S))
+    spaces = as_plain(core.list_namespace(label_selector=selector, _request_timeout=API_TIMEOUT_S))
+    found = []
+    for item in (pods.get("items") or []) + (spaces.get("items") or []):
+        meta = item.get("metadata") or {}
+        found.append(({str(k): str(v) for k, v in (meta.get("labels") or {}).items()}, _epoch(meta)))
+    return found
+
+
+def _epoch(meta: Mapping[str, Any]) -> float:
+    try:
+        stamp = str(meta.get("creationTimestamp") or "").replace("Z", "+00:00")
+        return dt.datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+    except ValueError:
+        return 0.0
 
 
 def gc(core: Any, selector: str, deadline: Deadline) -> list[str]:

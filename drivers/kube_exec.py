@@ -76,16 +76,6 @@ def parse_exec_status(text: str) -> ExecStatus:
     )
 
 
-def put_file_argv(path: str, size: int, mode: int) -> list[str]:
-    """A command that writes exactly ``size`` bytes of stdin to ``path``.
-
-    ``head -c`` stops after ``size`` bytes, so it needs no end-of-file on stdin: the v4 protocol
-    has no way to send one, only v5 can close a channel.
-    """
-    script = 'mkdir -p "$(dirname "$1")" && head -c "$2" > "$1" && chmod "$3" "$1"'
-    return ["sh", "-c", script, "sh", path, str(size), format(mode, "o")]
-
-
 def _connect(
     configuration: Any, namespace: str, pod: str, container: str, argv: Sequence[str], with_stdin: bool
 ) -> Any:

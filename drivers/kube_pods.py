@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from gpuconform.drivers.base import (
     Deadline,
@@ -19,16 +19,18 @@ from gpuconform.drivers.base import (
     ExecResult,
     HarnessError,
     InfrastructureError,
+    Launch,
     RequestRejected,
     Sandbox,
 )
 from gpuconform.drivers.kube_diag import GPU_RESOURCE, as_plain, classify_pod, collect_diagnostics
-from gpuconform.drivers.kube_exec import exec_in_pod, put_file_argv
-from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.kube_exec import exec_in_pod
+
+if TYPE_CHECKING:
+    from gpuconform.drivers.kubernetes import KubernetesAdapter
 
 CONTAINER = "sandbox"
 SLEEP_FOREVER = ("sleep", "2147483647")
-PUT_FILE_TIMEOUT_S = 60.0
 DELETE_WAIT_S = 60.0
 API_TIMEOUT_S = 10.0
 LONG_WATCH_S = 10.0
@@ -196,71 +198,27 @@ def wait_running(
             return dict(pod)
 
 
-class PodOwner(Protocol):
-    """What a PodSandbox needs from its adapter."""
-
-    def configuration(self) -> Any: ...
-
-    def core(self) -> Any: ...
-
-    def delete_pod(self, name: str, deadline: Deadline, namespace: str | None = None) -> None: ...
-
-
 class PodSandbox(Sandbox):
-    """One pod. ``diagnostics`` holds the describe/events/logs dump once collected."""
+    """One pod, named ``<namespace>/<name>``; the scheduler chose its GPUs (``granted`` is None)."""
+
+    adapter: KubernetesAdapter
 
     def __init__(
-        self,
-        owner: PodOwner,
-        namespace: str,
-        name: str,
-        request: GpuRequest,
-        node: str | None,
-        versions: dict[str, str],
-        timings: dict[str, float],
+        self, adapter: KubernetesAdapter, launch: Launch, namespace: str, name: str, node: str | None
     ) -> None:
-        self.owner = owner
+        super().__init__(adapter, launch, f"{namespace}/{name}")
         self.namespace, self.name, self.node = namespace, name, node
-        self.id = f"{namespace}/{name}"
-        self.driver = "kubernetes"
-        self.request = request
-        self.granted = None  # the scheduler chooses; cases judge by count and inventory membership
-        self.versions = versions
-        self.timings = timings
-        self.diagnostics: dict[str, Any] | None = None
-        self._closed = False
+        self.versions["node"] = str(node)
 
-    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+    def raw_exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
+        configuration = self.adapter.configuration()
         return exec_in_pod(
-            self.owner.configuration(), self.namespace, self.name, CONTAINER, list(argv), timeout=timeout
+            configuration, self.namespace, self.name, CONTAINER, argv, timeout=timeout, stdin=stdin
         )
 
-    def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
-        result = exec_in_pod(
-            self.owner.configuration(),
-            self.namespace,
-            self.name,
-            CONTAINER,
-            put_file_argv(path, len(data), mode),
-            timeout=PUT_FILE_TIMEOUT_S,
-            stdin=data,
-        )
-        if not result.ok:
-            raise InfrastructureError(
-                f"copying {len(data)} bytes to {path} in pod {self.id} failed (exit {result.exit_code}, "
-                f"timed out: {result.timed_out}): {result.stderr.strip()[:200]}",
-                hint="the image needs sh, head, mkdir and chmod",
-            )
+    def diagnostics(self) -> dict[str, Any]:
+        """The pod's describe, events and logs, read now."""
+        return collect_diagnostics(self.adapter.core(), self.namespace, self.name)
 
-    def collect_diagnostics(self) -> dict[str, Any]:
-        """Refresh and return ``diagnostics`` (call it when a case on this pod fails)."""
-        self.diagnostics = collect_diagnostics(self.owner.core(), self.namespace, self.name)
-        return self.diagnostics
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        start = time.monotonic()
-        self.owner.delete_pod(self.name, Deadline(DELETE_WAIT_S), self.namespace)
-        self._closed = True
-        self.timings["teardown_s"] = round(time.monotonic() - start, 3)
+    def teardown(self) -> None:
+        self.adapter.delete_pod(self.name, Deadline(DELETE_WAIT_S), self.namespace)

@@ -33,9 +33,12 @@ from gpuconform.drivers.base import (
     DriverUnavailable,
     HarnessError,
     InfrastructureError,
+    LabelledRun,
+    Launch,
     OptionSpec,
     Profile,
     RequestRejected,
+    merge_runs,
 )
 from gpuconform.drivers.inventory import Inventory
 from gpuconform.drivers.kube_diag import api_error_message, collect_diagnostics, list_events
@@ -49,7 +52,10 @@ from gpuconform.drivers.kube_pods import (
     run_namespace,
     wait_running,
 )
+from gpuconform.drivers.leases import Lease
 from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import Selection
+from gpuconform.fixtures.build.images import ensure_image, image_ref
 from gpuconform.workloads.nvidia_smi import query_argv
 
 OPT_KUBECONFIG = "kubernetes.kubeconfig"
@@ -59,6 +65,8 @@ OPT_RUNTIME_CLASS = "kubernetes.runtime_class"
 OPT_PULL_POLICY = "kubernetes.image_pull_policy"
 OPT_UNSCHEDULABLE_WAIT = "kubernetes.unschedulable_wait"
 OPT_CLUSTER_RECORD = "kubernetes.cluster_record"
+OPT_REGISTRY = "kubernetes.registry"
+LOCAL_PREFIX = "localhost/"
 OPT_GROUND_TRUTH = "kubernetes.ground_truth"  # "cluster" or "host"; default: cluster on real GPUs
 # How long a pod that fits the node's allocatable GPUs may stay unschedulable (waiting for other
 # pods to release theirs) before the request is rejected. A count above every node's allocatable
@@ -68,7 +76,10 @@ DEVICE_IDS_UNSUPPORTED = "kubernetes selects GPUs by count only; device ids are 
 
 PROFILE = Profile(
     driver="kubernetes",
-    cases={"device.*": "reject"},
+    # mig.*: pods ask for nvidia.com/gpu by count only; under the device plugin's mixed strategy a
+    # MIG device is an nvidia.com/mig-<profile> unit (the double models it) and a MIG-enabled GPU
+    # is never nvidia.com/gpu, so neither MIG case can be asked for through this adapter yet.
+    cases={"device.*": "reject", "mig.*": "unsupported"},
     exclusive=True,
     oversubscribe="reject",
     notes="pods request nvidia.com/gpu by count (device plugin, cdi-cri); the scheduler picks the GPUs",
@@ -86,7 +97,7 @@ class KubernetesAdapter(Adapter):
         OPT_UNSCHEDULABLE_WAIT: OptionSpec("seconds a fitting pod may stay unschedulable", "seconds"),
         OPT_CLUSTER_RECORD: OptionSpec("the cluster record written by gpuconform cluster up", "path"),
         OPT_GROUND_TRUTH: OptionSpec("where the inventory comes from", "choice", ("cluster", "host")),
-        "kubernetes.registry": OptionSpec("registry the cluster's nodes pull the sandbox images from"),
+        OPT_REGISTRY: OptionSpec("registry the cluster's nodes pull the sandbox images from"),
     }
     id_scheme = ""  # no native ids: requests are counts
 
@@ -96,7 +107,6 @@ class KubernetesAdapter(Adapter):
         self._core: Any = None
         self._seq = itertools.count(1)
         self._namespace_ready = False
-        self._versions: dict[str, str] = {}
         self._ground_truth: Inventory | None = None
 
     @property
@@ -125,7 +135,7 @@ class KubernetesAdapter(Adapter):
                 recorded = cluster.recorded_cluster(record)
                 if recorded is not None:
                     kubeconfig, context = recorded[0], context or recorded[1]
-                    self._versions["kubeconfig"] = f"{kubeconfig} (recorded by gpuconform cluster up)"
+                    self.versions["kubeconfig"] = f"{kubeconfig} (recorded by gpuconform cluster up)"
             self._configuration = cluster.load_configuration(kubeconfig, context)
         return self._configuration
 
@@ -154,55 +164,51 @@ class KubernetesAdapter(Adapter):
         except Exception as exc:
             return Availability(False, f"cannot list nodes: {api_error_message(exc)}", versions)
         versions[cluster.GPU_RESOURCE] = ",".join(f"{n}={c}" for n, c in sorted(nodes.items())) or "none"
-        self._versions = {**self._versions, **versions}
+        self.versions = {**self.versions, **versions}
         if not any(nodes.values()):
             return Availability(
                 False,
                 f"no node has allocatable {cluster.GPU_RESOURCE} (is the NVIDIA device plugin running?)",
                 versions,
             )
-        return Availability(True, "", dict(self._versions))
+        return Availability(True, "", dict(self.versions))
 
     def gpu_nodes(self) -> dict[str, int]:
         """Allocatable ``nvidia.com/gpu`` per node (nodes without any are listed with 0)."""
         return cluster.gpu_nodes(self.core())
 
-    def allocatable_gpus(self, node: str) -> int:
-        return self.gpu_nodes().get(node, 0)
-
     # -- provisioning -------------------------------------------------------------------------
-    def provision(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-    ) -> PodSandbox:
-        req.validate()
+    def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
+        """Pods ask for a count; the scheduler picks the GPUs (nothing leased, nothing granted)."""
         if req.device_ids:
             named = ", ".join(repr(i) for i in req.device_ids)
             raise RequestRejected(
                 f"{DEVICE_IDS_UNSUPPORTED} (got {named})", hint="request a count (limits nvidia.com/gpu: N)"
             )
-        return self.start_pod(req, image=image, labels=labels, deadline=deadline, env=env)
+        return Selection((), None, Lease(()))  # the scheduler chooses
 
-    def start_pod(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-        node: str | None = None,
-    ) -> PodSandbox:
-        """Create a pod for ``req`` (optionally pinned to ``node``) and wait until it runs.
+    def start(self, launch: Launch) -> PodSandbox:
+        return self.start_pod(launch)
+
+    def local_image(self, kind: str, deadline: Deadline) -> str:
+        """What the cluster's nodes can get: the harness's image pushed to ``kubernetes.registry``;
+        against the API double (pods run as local Podman containers) the local Podman image, built
+        on first use; on a real cluster otherwise the local reference (``gpuconform cluster up``
+        loads it into kind; any other cluster then fails with ErrImagePull naming it)."""
+        registry = self.ctx.options.get(OPT_REGISTRY)
+        if registry:
+            return f"{registry.rstrip('/')}/{image_ref(kind).removeprefix(LOCAL_PREFIX)}"
+        if self.ctx.inventory.simulated:
+            return ensure_image("podman", kind, deadline=deadline)
+        return image_ref(kind)
+
+    def start_pod(self, launch: Launch, node: str | None = None) -> PodSandbox:
+        """Create a pod for ``launch`` (optionally pinned to ``node``) and wait until it runs.
 
         Any failure after the create deletes the pod again; the raised error carries
-        ``.diagnostics`` (describe, events, logs) when the pod existed.
+        ``diagnostics`` (describe, events, logs) when the pod existed.
         """
+        req, image, deadline = launch.request, launch.image, launch.deadline
         if not image:
             raise InfrastructureError(
                 "no image for the kubernetes sandbox",
@@ -217,8 +223,8 @@ class KubernetesAdapter(Adapter):
             self.namespace,
             image=image,
             gpus=req.wanted,
-            labels={**self.ctx.labels, **labels},
-            env=env,
+            labels=launch.labels,
+            env=launch.env,
             runtime_class=self.ctx.options.get(OPT_RUNTIME_CLASS, ""),
             pull_policy=self.ctx.options.get(OPT_PULL_POLICY) or "IfNotPresent",
             node=node,
@@ -248,17 +254,15 @@ class KubernetesAdapter(Adapter):
             except HarnessError as cleanup:
                 diagnostics["cleanup"] = str(cleanup)
             if isinstance(exc, HarnessError):
-                exc.diagnostics = diagnostics  # type: ignore[attr-defined]
+                exc.diagnostics.update(diagnostics)
                 raise
             if not isinstance(exc, Exception):
                 raise
-            err = InfrastructureError(f"waiting for pod {self.namespace}/{name}: {api_error_message(exc)}")
-            err.diagnostics = diagnostics  # type: ignore[attr-defined]
-            raise err from None
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        versions = {**self._versions, "node": str(node_name)}
-        timings = {"provision_s": round(time.monotonic() - start, 3)}
-        return PodSandbox(self, self.namespace, name, req, node_name, versions, timings)
+            why = f"waiting for pod {self.namespace}/{name}: {api_error_message(exc)}"
+            raise InfrastructureError(why, diagnostics=diagnostics) from None
+        sandbox = PodSandbox(self, launch, self.namespace, name, (pod.get("spec") or {}).get("nodeName"))
+        sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
+        return sandbox
 
     def _ensure_namespace(self) -> None:
         if not self._namespace_ready:
@@ -273,21 +277,20 @@ class KubernetesAdapter(Adapter):
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         selector = ",".join(f"{k}={label_value(v)}" for k, v in sorted(labels.items()))
-        return [f"pod/{ns}/{n}" for ns, n in cluster.labelled_pods(self.core(), selector, self.namespace)]
+        pods = cluster.answering(
+            "listing pods", lambda: cluster.labelled_pods(self.core(), selector, self.namespace)
+        )
+        return [f"pod/{ns}/{n}" for ns, n in pods]
 
     def gc(self, run_id: str | None = None) -> list[str]:
         selector = f"{LABEL_RUN}={label_value(run_id)}" if run_id else LABEL_RUN
-        return cluster.gc(self.core(), selector, Deadline(DELETE_WAIT_S))
+        return cluster.answering("gc", lambda: cluster.gc(self.core(), selector, Deadline(DELETE_WAIT_S)))
 
-    def teardown_run(self, deadline: Deadline | None = None) -> list[str]:
-        """End of session: delete this run's namespace (or, in a given namespace, its pods)."""
-        deadline = deadline or Deadline(120)
-        if self.owns_namespace:
-            gone = cluster.delete_namespace(self.core(), self.namespace, deadline)
-            self._namespace_ready = False
-            return gone
-        selector = f"{LABEL_RUN}={label_value(self.ctx.run_id)}"
-        return cluster.delete_labelled_pods(self.core(), selector, deadline, self.namespace)
+    def labelled_runs(self) -> list[LabelledRun]:
+        found = cluster.answering(
+            "listing labelled pods", lambda: cluster.labelled_objects(self.core(), LABEL_RUN)
+        )
+        return merge_runs(found)
 
     # -- ground truth and release -------------------------------------------------------------
     def node_gpu_uuids(
@@ -337,19 +340,19 @@ class KubernetesAdapter(Adapter):
     def _probe_nodes(self, argv: list[str], image: str, deadline: Deadline | None) -> dict[str, str]:
         """``argv``'s stdout in a probe pod on each GPU node that takes all of its GPUs."""
         deadline = deadline or Deadline(180)
-        image = image or self.image_for("busybox")
+        image = image or self.image("busybox", deadline=deadline)
         out: dict[str, str] = {}
         for node, count in sorted(self.gpu_nodes().items()):
             if count <= 0:
                 continue
             try:
-                sandbox = self.start_pod(
+                launch = self.launch(
                     GpuRequest.of_count(count),
                     image=image,
                     labels={LABEL_CASE: "ground-truth"},
                     deadline=deadline,
-                    node=node,
                 )
+                sandbox = self.start_pod(launch, node=node)
             except RequestRejected as exc:
                 raise InfrastructureError(
                     f"node {node} is not idle: a probe pod for its {count} GPUs "
@@ -364,17 +367,3 @@ class KubernetesAdapter(Adapter):
                 )
             out[node] = result.stdout
         return out
-
-    def schedules(self, count: int, *, image: str, deadline: Deadline) -> bool:
-        """Whether a pod with ``count`` GPUs is scheduled now (for ``release``); it is deleted again."""
-        try:
-            sandbox = self.start_pod(
-                GpuRequest.of_count(count),
-                image=image,
-                labels={LABEL_CASE: "release-check"},
-                deadline=deadline,
-            )
-        except RequestRejected:
-            return False
-        sandbox.close()
-        return True

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from gpuconform.drivers.base import Deadline, DeadlineExceeded, RequestRejected
+from gpuconform.drivers.errors import Deadline, DeadlineExceeded, RequestRejected
 from gpuconform.drivers.inventory import GpuRecord
 
 # Per process: leases held per lock directory, and the seconds spent waiting for leases.

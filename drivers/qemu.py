@@ -28,6 +28,7 @@ from gpuconform.drivers import pci_bars, vfio
 from gpuconform.drivers import qemu_guest as guest
 from gpuconform.drivers import qemu_vm as vm
 from gpuconform.drivers.base import (
+    LABEL_HOST,
     LABEL_RUN,
     Adapter,
     AdapterContext,
@@ -37,15 +38,20 @@ from gpuconform.drivers.base import (
     Expectation,
     HarnessError,
     InfrastructureError,
+    LabelledRun,
+    Launch,
     OptionSpec,
     Profile,
     RequestRejected,
     Sandbox,
+    host_label,
+    merge_runs,
 )
 from gpuconform.drivers.inventory import SCHEME_PCI, GpuRecord, InventoryError, normalise_pci_bus_id
 from gpuconform.drivers.leases import Lease
 from gpuconform.drivers.qemu_vfio import VfioSite, vfio_sites
 from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import Selection
 from gpuconform.drivers.ssh import SshError, SshSession, generate_keys
 from gpuconform.fixtures.build.guestimage import GuestImage
 
@@ -57,35 +63,26 @@ CONSOLE_KEEP = 64 * 1024
 class QemuSandbox(Sandbox):
     """One VM. ``console_log`` is the guest's serial console (kept in memory after close)."""
 
-    def __init__(
-        self, adapter: QemuAdapter, req: GpuRequest, lease: Lease, image_kind: str, env: Mapping[str, str]
-    ) -> None:
-        self.adapter = adapter
-        self.driver = adapter.name
-        self.request = req
-        self.gpus = tuple(sorted(lease.gpus, key=lambda g: g.index))
-        self.granted = lease.uuids
-        self.id = f"{vm.NAME_PREFIX}{adapter.ctx.run_id}-{secrets.token_hex(4)}"
+    adapter: QemuAdapter
+
+    def __init__(self, adapter: QemuAdapter, launch: Launch) -> None:
+        super().__init__(adapter, launch, f"{vm.NAME_PREFIX}{adapter.ctx.run_id}-{secrets.token_hex(4)}")
+        self.gpus = tuple(sorted(launch.selection.lease.gpus, key=lambda g: g.index))
         self.dir = adapter.vm_base(adapter.ctx.run_id) / self.id
-        self.versions = dict(adapter.versions)
-        self.timings: dict[str, float] = {}
-        self.image_kind = image_kind
-        self._env = {**IMAGE_ENV.get(image_kind, {}), **env}
-        self._lease = lease
-        self._bindings: list[vfio.Binding] = []
-        self._site: VfioSite | None = None
+        self.image_kind = launch.image
+        self._env = {**IMAGE_ENV.get(launch.image, {}), **launch.env}
+        self.bindings: list[vfio.Binding] = []
+        self.site: VfioSite | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ssh: SshSession | None = None
         self._console = ""
-        self._closed = False
-        self.labels: dict[str, str] = {}
 
     @property
-    def console_log(self) -> str:
+    def console_log(self) -> str | None:
         path = self.dir / "console.log"
         return path.read_text(errors="replace")[-CONSOLE_KEEP:] if path.is_file() else self._console
 
-    def start(self, deadline: Deadline) -> None:
+    def boot(self, deadline: Deadline) -> None:
         """Bind, boot, connect; the caller closes the sandbox when this raises."""
         self.dir.mkdir(parents=True)
         # Labels and GPUs on disk first: leftovers() finds what a failed start left by them.
@@ -98,13 +95,13 @@ class QemuSandbox(Sandbox):
         (self.dir / "owner.json").write_text(json.dumps(owner))
         keys = generate_keys()
         fw_cfg = guest.write_keys(self.dir, keys)
-        self._site = self.adapter.vfio_site()
+        self.site = self.adapter.vfio_site()
         granted = tuple(g.pci_bus_id for g in self.gpus)
         for gpu in self.gpus:  # real or fake sysfs: bind and release always run
-            if any(gpu.pci_bus_id in b.bdfs for b in self._bindings):
+            if any(gpu.pci_bus_id in b.bdfs for b in self.bindings):
                 continue  # moved with an earlier GPU of its IOMMU group
-            self._bindings.append(
-                self._site.bind(
+            self.bindings.append(
+                self.site.bind(
                     gpu.pci_bus_id, run_id=self.adapter.ctx.run_id, deadline=deadline, granted=granted
                 )
             )
@@ -117,7 +114,7 @@ class QemuSandbox(Sandbox):
                 fw_cfg += [("manifest", self.dir / "manifest"), *payload.files]
         else:
             passthrough = granted
-            hole64 = pci_bars.hole64_for(passthrough, self._site.sysfs_root)
+            hole64 = pci_bars.hole64_for(passthrough, self.site.sysfs_root)
         image = self.adapter.guest_image(deadline)
         disks, extra = guest.boot_disks(self.adapter.ctx.options, image, self.image_kind, deadline)
         stderr_log = self.dir / "qemu.stderr"
@@ -157,46 +154,35 @@ class QemuSandbox(Sandbox):
             raise InfrastructureError(f"VM {self.id}: first exec failed: {first.to_json(200)}")
         self.timings["provision_s"] = round(time.monotonic() - booted, 3)
 
-    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
-        if self._ssh is None or self._closed:
+    def raw_exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
+        if self._ssh is None or self.closed:
             raise InfrastructureError(f"VM {self.id} is not running")
         env = [f"{k}={v}" for k, v in sorted(self._env.items())]
-        result = self._ssh.exec(["env", *env, *argv] if env else argv, timeout=timeout)
-        return ExecResult(
-            tuple(argv), result.exit_code, result.stdout, result.stderr, result.duration_s, result.timed_out
-        )
+        return self._ssh.exec(["env", *env, *argv] if env else argv, timeout=timeout, stdin=stdin)
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
-        if self._ssh is None or self._closed:
+        """Over SFTP (the guest's dropbear serves it): no shell, no size limit of an argv."""
+        if self._ssh is None or self.closed:
             raise InfrastructureError(f"VM {self.id} is not running")
         self._ssh.put_file(path, data, mode)
 
-    def close(self) -> None:
-        """SSH, QEMU (SIGTERM, then SIGKILL), the VM directory, the VFIO bindings, the lease."""
-        if self._closed:
-            return
-        self._closed = True
-        start = time.monotonic()
+    def teardown(self) -> None:
+        """SSH, QEMU (SIGTERM, then SIGKILL), the VM directory, the VFIO bindings."""
         problems: list[str] = []
-        try:
-            if self._ssh is not None:
-                self._ssh.close()
-            if self._proc is not None:
-                vm.stop(self._proc)
-            self._console = self.console_log
-            shutil.rmtree(self.dir, ignore_errors=True)
-            if self.dir.exists():
-                problems.append(f"could not remove {self.dir}")
-            for binding in reversed(self._bindings):
-                try:
-                    if self._site is not None:
-                        self._site.release(binding)
-                except vfio.VfioError as exc:
-                    problems.append(str(exc))
-            self.adapter.note_closed(self.id, self._bindings, self._site)
-        finally:
-            self._lease.release()
-            self.timings["teardown_s"] = round(time.monotonic() - start, 3)
+        if self._ssh is not None:
+            self._ssh.close()
+        if self._proc is not None:
+            vm.stop(self._proc)
+        self._console = self.console_log or ""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            problems.append(f"could not remove {self.dir}")
+        for binding in reversed(self.bindings):
+            try:
+                if self.site is not None:
+                    self.site.release(binding)
+            except vfio.VfioError as exc:
+                problems.append(str(exc))
         if problems:
             raise InfrastructureError(f"teardown of VM {self.id} incomplete: {'; '.join(problems)}")
 
@@ -227,9 +213,7 @@ class QemuAdapter(Adapter):
 
     def __init__(self, ctx: AdapterContext) -> None:
         super().__init__(ctx)
-        self.versions: dict[str, str] = {}
         self._image: GuestImage | None = None
-        self._closed: list[tuple[str, list[vfio.Binding], VfioSite | None]] = []
 
     def opt(self, key: str, default: str = "") -> str:
         return self.ctx.options.get(f"qemu.{key}") or default
@@ -244,7 +228,8 @@ class QemuAdapter(Adapter):
 
     @property
     def profile(self) -> Profile:
-        cases: dict[str, Expectation] = {"device.unsupported": "unsupported"}
+        # VFIO passes whole PCI functions: a MIG device cannot be given to a VM (mig.*).
+        cases: dict[str, Expectation] = {"device.unsupported": "unsupported", "mig.*": "unsupported"}
         if self.single_gpu:
             cases.update({"count.2": "reject", "device.pair": "reject"})
             if len(self.ctx.inventory.gpus) > 1:
@@ -358,16 +343,9 @@ class QemuAdapter(Adapter):
             out.append(gpu)
         return out
 
-    def provision(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-    ) -> Sandbox:
-        req.validate()
+    def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
+        """Lease the named GPUs (PCI bus ids or host indices), or free ones for a count; more
+        than the host has (or than one VM takes) is rejected here, before anything starts."""
         if self.single_gpu and req.wanted > 1:
             raise RequestRejected(
                 f"{self.name} passes one GPU per VM; {req.wanted} requested",
@@ -375,31 +353,32 @@ class QemuAdapter(Adapter):
             )
         if req.device_ids:
             lease = self.ctx.leases.acquire_exact(self.resolve_ids(req.device_ids), deadline)
-        elif req.gpu:  # more than the host has is rejected here, before anything starts
+        elif req.gpu:
             lease = self.ctx.leases.acquire(self.ctx.inventory.gpus, req.wanted, deadline)
         else:
             lease = Lease(())
-        sandbox = QemuSandbox(self, req, lease, image, env or {})
-        sandbox.labels = dict(labels)
+        return Selection(tuple(g.pci_bus_id for g in lease.gpus), lease.uuids, lease)
+
+    def start(self, launch: Launch) -> Sandbox:
+        sandbox = QemuSandbox(self, launch)
         try:
-            sandbox.start(deadline)
+            sandbox.boot(launch.deadline)
         except BaseException:
             with contextlib.suppress(HarnessError):
                 sandbox.close()
             raise
         return sandbox
 
-    # Cleanup ----------------------------------------------------------------------------------
-    def note_closed(self, name: str, bindings: list[vfio.Binding], site: VfioSite | None) -> None:
-        self._closed.append((name, list(bindings), site))
+    def local_image(self, kind: str, deadline: Deadline) -> str:
+        return kind  # the guest is built per kind (boot_disks); the kind names no engine image
 
-    def release_problems(self) -> list[str]:
-        """What the last closed VM left: a QEMU process, a binding record, a device not given back."""
-        if not self._closed:
-            return []
-        name, bindings, site = self._closed[-1]
-        problems = [f"QEMU {n} (pid {p}) still runs" for p, n in vm.vm_processes(name).items()]
-        return problems + (site.leftovers(bindings) if site is not None else [])
+    # Cleanup ----------------------------------------------------------------------------------
+    def release_problems(self, sandbox: Sandbox) -> list[str]:
+        """What the closed VM left: a QEMU process, a binding record, a device not given back."""
+        if not isinstance(sandbox, QemuSandbox):
+            return super().release_problems(sandbox)
+        problems = [f"QEMU {n} (pid {p}) still runs" for p, n in vm.vm_processes(sandbox.id).items()]
+        return problems + (sandbox.site.leftovers(sandbox.bindings) if sandbox.site is not None else [])
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         """What VMs started with all of ``labels`` left: QEMU processes, VM directories, VFIO
@@ -429,6 +408,22 @@ class QemuAdapter(Adapter):
             ]
             found += site.leftovers(stale)
         return found
+
+    def labelled_runs(self) -> list[LabelledRun]:
+        """Runs with VM directories, QEMU processes or VFIO bindings here (all of this host's)."""
+        here, found = host_label(), []
+        base = self.vm_base("-").parent
+        for run_dir in sorted(base.iterdir()) if base.is_dir() else ():
+            found.append(({LABEL_RUN: run_dir.name, LABEL_HOST: here}, run_dir.stat().st_mtime))
+        runs = {run.run_id for run in merge_runs(found)}
+        for name in vm.vm_processes(vm.NAME_PREFIX).values():
+            run_id = next((r for r in runs if name.startswith(f"{vm.NAME_PREFIX}{r}-")), "")
+            if not run_id:  # a VM whose directory is gone: its run id is the name less the suffix
+                run_id = name.removeprefix(vm.NAME_PREFIX).rsplit("-", 1)[0]
+            found.append(({LABEL_RUN: run_id, LABEL_HOST: here}, 0.0))
+        for site in vfio_sites(self.ctx, create=False):
+            found += [({LABEL_RUN: b.run_id, LABEL_HOST: here}, 0.0) for b in site.state.entries()]
+        return merge_runs(found)
 
     def reconcile(self) -> list[str]:
         """Give back the GPUs of bindings whose process died (a SIGKILLed run)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError
 from gpuconform.drivers.inventory import GpuRecord
+from gpuconform.drivers.simulated import NVML_SONAME, SANDBOX_DESC_DIR, SANDBOX_NVIDIA_SMI
 from gpuconform.drivers.ssh import SshKeys
 from gpuconform.fixtures.build.guestimage import (
     DEFAULT_CACHE_DIR,
@@ -23,7 +24,6 @@ from gpuconform.fixtures.build.guestimage import (
     build_guest_image,
     build_python_disk,
 )
-from gpuconform.fixtures.sim.simgpu import layout
 
 SUPPLIED_APPEND = "console=ttyS0 panic=-1"
 PYDISK_FLAG = "gpuconform.pydisk"
@@ -61,13 +61,13 @@ def guest_payload(injections: Iterable[Mapping[str, Any]]) -> GuestPayload:
                 f"simulated host file {host} (for {path}) is missing",
                 hint="is the simulated host still up? `gpuconform sim status`",
             )
-        if path.startswith(layout.SANDBOX_DESC_DIR + "/"):
+        if path.startswith(SANDBOX_DESC_DIR + "/"):
             minor = path.rsplit("/", 1)[1]
             name = f"gpu{minor}"
             minors.append(int(minor))
-        elif path == layout.SANDBOX_NVIDIA_SMI:
+        elif path == SANDBOX_NVIDIA_SMI:
             name = "nvidia-smi"
-        elif path.rsplit("/", 1)[-1] == layout.NVML_SONAME:
+        elif path.rsplit("/", 1)[-1] == NVML_SONAME:
             name = "libnvidia-ml"  # the ELF nvidia-smi's library: the guest's loader finds it by RUNPATH
         else:
             name = f"file{i}"
@@ -77,15 +77,11 @@ def guest_payload(injections: Iterable[Mapping[str, Any]]) -> GuestPayload:
 
 
 def sim_payload(ctx: AdapterContext, gpus: Sequence[GpuRecord]) -> GuestPayload:
-    """The payload for ``gpus`` from the simulated host of this run (``sim.root``, or by instance)."""
-    from gpuconform.fixtures.sim.simgpu.host import SimHost
-
-    root = ctx.options.get("sim.root")
-    instance = ctx.inventory.cdi_kind.rsplit("/", 1)[-1]
-    sim = SimHost.load(Path(root)) if root else SimHost.find(instance)
+    """The payload for ``gpus`` from the simulated host in the adapter's context."""
+    sim = ctx.sim
     if sim is None:
         raise InfrastructureError(
-            "the inventory is simulated but no simulated host is up",
+            "the inventory is simulated but the adapter's context holds no simulated host",
             hint="gpuconform sim up, or pass --driver-opt sim.root=<dir>",
         )
     injections = []

@@ -1,7 +1,8 @@
 """Where the QEMU adapter does its VFIO work: the host's /sys, or a fake sysfs on a simulated host.
 
 A simulated host has no devices to pass through, but the bind/record/release sequence of
-drivers.vfio still runs, against a fake tree (fixtures.fakesysfs) built from the inventory, so
+drivers.vfio still runs, against a fake tree that the simulated host in the adapter's context
+(``ctx.sim``: fixtures/sim/fakesysfs.py behind it) builds from the inventory, so
 ``release`` (every device back on its original driver, no binding record left) is checked in CI
 the same way it is on hardware. A ``VfioSite`` hides which of the two it is.
 """
@@ -18,6 +19,7 @@ from filelock import FileLock
 
 from gpuconform.drivers import vfio
 from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError
+from gpuconform.drivers.simulated import SimulatedHost
 
 REAL_STATE = Path("/var/lib/gpuconform/vfio-bindings.json")
 FAKE_TREE_DIR = "fake-sysfs"
@@ -30,15 +32,15 @@ class VfioSite:
     fake: bool
     proc_root: Path = Path("/proc")
     dev_root: Path = Path("/dev")
+    sim: SimulatedHost | None = None  # gives the fake tree's writes their meaning
 
     def _kernel(self) -> tuple[vfio.SysfsWriter | None, Callable[[float], None]]:
-        """The fake tree needs its FakeKernel to give writes meaning; the real one has the kernel."""
+        """The fake tree needs the simulated kernel to give writes meaning; the real one has the kernel."""
         if not self.fake:
             return None, time.sleep
-        from gpuconform.fixtures.sim.fakesysfs import FakeKernel, FakeSysfs
-
-        kernel = FakeKernel(FakeSysfs.load(self.sysfs_root))
-        return kernel, kernel.sleep
+        if self.sim is None:
+            raise InfrastructureError(f"fake sysfs {self.sysfs_root}: no simulated host in the context")
+        return self.sim.sysfs_kernel(self.sysfs_root)
 
     def describe(self) -> str:
         kind = "fake sysfs (simulated host)" if self.fake else "sysfs"
@@ -108,19 +110,16 @@ class VfioSite:
 
 def _fake_tree(ctx: AdapterContext, root: Path, create: bool) -> bool:
     """Whether the fake tree exists (building it from the inventory first when ``create``)."""
-    from gpuconform.fixtures.sim.fakesysfs import META, FakeSysfs
-
-    if (root / META).exists():
+    if ctx.sim is None:
+        return False
+    if ctx.sim.sysfs_tree(root, None):
         return True
     if not create or not ctx.inventory.gpus:
         return False
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f"{root.name}.lock"), timeout=30):
-        if not (root / META).exists():
-            FakeSysfs.for_gpus(
-                root, [g.pci_bus_id for g in sorted(ctx.inventory.gpus, key=lambda g: g.index)]
-            )
-    return True
+        bus_ids = [g.pci_bus_id for g in sorted(ctx.inventory.gpus, key=lambda g: g.index)]
+        return ctx.sim.sysfs_tree(root, bus_ids)
 
 
 def vfio_sites(ctx: AdapterContext, *, create: bool) -> list[VfioSite]:
@@ -144,9 +143,10 @@ def vfio_sites(ctx: AdapterContext, *, create: bool) -> list[VfioSite]:
     sites = []
     if _fake_tree(ctx, root, create):
         state = vfio.BindingState(Path(opts.get("qemu.vfio_state") or vfio.default_state_path(base)))
-        sites.append(VfioSite(root, state, fake=True))
+        sites.append(VfioSite(root, state, fake=True, sim=ctx.sim))
     if not create and "sim.root" not in opts and real.state.path.exists():
         sites.append(real)
     if create and not sites:
-        raise InfrastructureError(f"no fake sysfs tree at {root} and no GPUs to build one from")
+        why = "no simulated host in the adapter's context" if ctx.sim is None else "no GPUs to build one from"
+        raise InfrastructureError(f"no fake sysfs tree at {root} and {why}")
     return sites

@@ -8,11 +8,15 @@ the inventory knows them so concurrent sandboxes stay disjoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gpuconform.drivers.base import AdapterContext, Deadline, RequestRejected
+from gpuconform.drivers.errors import Deadline, RequestRejected
 from gpuconform.drivers.inventory import GpuRecord, Inventory
 from gpuconform.drivers.leases import Lease
 from gpuconform.drivers.request import GpuRequest
+
+if TYPE_CHECKING:
+    from gpuconform.drivers.base import AdapterContext
 
 
 @dataclass
@@ -20,7 +24,7 @@ class Selection:
     """What a provision asks the engine for, what it should yield, and the lease behind it."""
 
     ids: tuple[str, ...]  # native ids handed to the engine
-    granted: frozenset[str]  # UUIDs the request should yield per the inventory
+    granted: frozenset[str] | None  # UUIDs the request should yield; None: the engine chooses
     lease: Lease
 
     def release(self) -> None:

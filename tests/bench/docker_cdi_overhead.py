@@ -83,7 +83,7 @@ def _rounds(rounds: int, base: Path, host: SimHost, daemon: PrivateDockerd) -> d
     availability = adapter.available()
     if not availability.ok:
         raise SystemExit(f"docker-cdi unavailable: {availability.reason}")
-    image = adapter.image_for("busybox")
+    image = adapter.image("busybox", deadline=Deadline(900))
     env = {**os.environ, "DOCKER_HOST": daemon.socket_url}
     steps: dict[str, list[float]] = {k: [] for k in ("harness_provision", "harness_exec", "harness_close")}
     steps.update({k: [] for k in ("plain_run", "plain_exec", "plain_rm")})

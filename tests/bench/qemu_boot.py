@@ -32,6 +32,7 @@ from gpuconform.drivers.base import AdapterContext, Deadline  # noqa: E402
 from gpuconform.drivers.leases import GpuLeases  # noqa: E402
 from gpuconform.drivers.qemu import QemuAdapter, QemuSandbox  # noqa: E402
 from gpuconform.drivers.request import GpuRequest  # noqa: E402
+from gpuconform.fixtures.sim.offer import simulated_host  # noqa: E402
 from gpuconform.fixtures.sim.simgpu.host import SimHost  # noqa: E402
 
 GUEST_MARK = re.compile(r"gpuconform-guest: (userspace up|starting sshd) after ([0-9.]+)s")
@@ -55,6 +56,7 @@ def boot_once(sim: SimHost, tmp: Path, options: dict[str, str], gpus: int) -> di
         run_id=f"bench{secrets.token_hex(3)}",
         state_dir=tmp / "state",
         options={"sim.root": str(sim.root), **options},
+        sim=simulated_host({"sim.root": str(sim.root)}, sim.inventory),
     )
     adapter = QemuAdapter(ctx)
     box = adapter.provision(GpuRequest.of_count(gpus), image="busybox", labels={}, deadline=Deadline(300))
@@ -63,7 +65,7 @@ def boot_once(sim: SimHost, tmp: Path, options: dict[str, str], gpus: int) -> di
         figures = {"provision_s": box.timings["provision_s"]}
     finally:
         box.close()
-    for what, value in GUEST_MARK.findall(box.console_log):
+    for what, value in GUEST_MARK.findall(box.console_log or ""):
         figures["userspace_s" if what == "userspace up" else "sshd_s"] = float(value)
     return figures
 

@@ -104,7 +104,7 @@ def adapter(sim: Sim) -> DockerAdapter:
 
 @pytest.fixture(scope="module")
 def busybox(adapter: DockerAdapter) -> str:
-    return adapter.image_for("busybox")
+    return adapter.image("busybox", deadline=Deadline(900))
 
 
 def provision(adapter: DockerAdapter, req: GpuRequest, image: str, **env: str):  # type: ignore[no-untyped-def]
@@ -185,7 +185,7 @@ def test_unknown_name_is_rejected_by_the_engine_naming_it(
 
 
 def test_no_request_with_image_env_all_sees_no_gpu(adapter: DockerAdapter) -> None:
-    image = adapter.image_for("busybox-envall")
+    image = adapter.image("busybox-envall", deadline=Deadline(900))
     with provision(adapter, GpuRequest.none(), image, NVIDIA_VISIBLE_DEVICES="all") as sandbox:
         assert sandbox.exec(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"], timeout=30).stdout.strip() == "all"
         assert sandbox.exec(["nvidia-smi", "-L"], timeout=30).exit_code in (126, 127)

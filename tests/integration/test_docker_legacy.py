@@ -101,7 +101,7 @@ def adapter(sim: Sim) -> DockerAdapter:
 
 @pytest.fixture(scope="module")
 def busybox(adapter: DockerAdapter) -> str:
-    return adapter.image_for("busybox")
+    return adapter.image("busybox", deadline=Deadline(900))
 
 
 def provision(adapter: DockerAdapter, req: GpuRequest, image: str, **env: str):  # type: ignore[no-untyped-def]
@@ -173,7 +173,7 @@ def test_explicit_id_selects_that_gpu(sim: Sim, adapter: DockerAdapter, busybox:
 
 
 def test_no_request_with_image_env_all_sees_no_gpu(sim: Sim, adapter: DockerAdapter) -> None:
-    image = adapter.image_for("busybox-envall")
+    image = adapter.image("busybox-envall", deadline=Deadline(900))
     with provision(adapter, GpuRequest.none(), image, NVIDIA_VISIBLE_DEVICES="all") as sandbox:
         env = sandbox.exec(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"], timeout=30)
         assert env.stdout.strip() == "all"  # the escalation attempt is really there
@@ -185,7 +185,7 @@ def test_no_request_with_image_env_all_sees_no_gpu(sim: Sim, adapter: DockerAdap
 
 
 def test_gpu_request_with_image_env_all_sees_only_its_grant(adapter: DockerAdapter) -> None:
-    image = adapter.image_for("busybox-envall")
+    image = adapter.image("busybox-envall", deadline=Deadline(900))
     with provision(adapter, GpuRequest.default(), image) as sandbox:
         assert seen_uuids(sandbox) == sorted(sandbox.granted or ())
         assert len(gpu_nodes(sandbox)) == 1
@@ -277,7 +277,7 @@ def test_faults_of_the_plan_apply_on_the_legacy_path() -> None:
     own = bring_up(Path(tempfile.mkdtemp(prefix="gcd-", dir="/tmp")), "wrong-gpu:1", "extra-gpu:0")
     try:
         adapter, gpus = own.adapter(), own.host.inventory.gpus
-        image = adapter.image_for("busybox")
+        image = adapter.image("busybox", deadline=Deadline(900))
         with provision(adapter, GpuRequest.of_ids(["1"]), image) as sandbox:
             assert seen_uuids(sandbox) == [gpus[2].uuid]  # asked for GPU 1, the broken stack gives GPU 2
         with provision(adapter, GpuRequest.of_ids(["0"]), image) as sandbox:

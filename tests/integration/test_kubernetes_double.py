@@ -78,7 +78,7 @@ def adapter(double: KubeDouble, sim: SimHost, image: str, tmp_path: Path) -> Ite
     a = make_adapter(double, sim, image, tmp_path)
     assert a.available().ok
     yield a
-    a.teardown_run()
+    a.gc(a.ctx.run_id)
     assert double.pod_names() == []
     assert double.containers() == []
 
@@ -93,7 +93,7 @@ def test_available_reports_the_server_the_device_plugin_and_gpu_capacity(adapter
     assert avail.versions["kubernetes"].endswith("+kubedouble")
     assert avail.versions["device_list_strategy"] == "cdi-cri"
     assert avail.versions["nvidia.com/gpu"] == "kubedouble-node=4"
-    assert adapter.allocatable_gpus("kubedouble-node") == 4
+    assert adapter.gpu_nodes() == {"kubedouble-node": 4}
 
 
 def test_default_pod_sees_exactly_the_one_gpu_the_device_plugin_allocated(
@@ -132,7 +132,7 @@ def test_count_over_is_rejected_with_the_scheduler_message_in_bound_and_leaves_n
     elapsed = time.monotonic() - start
     assert elapsed < COUNT_OVER_BOUND_S
     assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu." in info.value.message
-    diagnostics = info.value.diagnostics  # type: ignore[attr-defined]
+    diagnostics = info.value.diagnostics
     assert any(e["reason"] == "FailedScheduling" for e in diagnostics["events"])
     assert adapter.leftovers({**adapter.ctx.labels, **labels}) == []
     assert double.pod_names() == []
@@ -208,11 +208,12 @@ def test_release_busy_gpus_reject_after_the_bound_and_schedule_after_deletion(
         assert 2 <= time.monotonic() - start < 8
         full.close()
         full.close()  # idempotent
-        assert a.allocatable_gpus("kubedouble-node") == 4
-        assert a.schedules(4, image=image, deadline=Deadline(60))
+        assert a.gpu_nodes() == {"kubedouble-node": 4}
+        with a.provision(GpuRequest.of_count(4), image=image, labels={}, deadline=Deadline(60)):
+            pass  # every GPU schedules again
         assert double.pod_names() == []
     finally:
-        a.teardown_run()
+        a.gc(a.ctx.run_id)
 
 
 def test_node_gpu_uuids_is_the_inventory(adapter: KubernetesAdapter, sim: SimHost) -> None:
@@ -237,7 +238,7 @@ def test_cluster_ground_truth_is_read_from_the_gpu_nodes(
         assert a.ground_truth() is truth  # probed once per adapter
         assert double.pod_names() == []  # the probe pods are gone, their GPUs free again
     finally:
-        a.teardown_run()
+        a.gc(a.ctx.run_id)
 
 
 def test_missing_image_fails_fast_with_diagnostics_and_no_pod(
@@ -248,7 +249,7 @@ def test_missing_image_fails_fast_with_diagnostics_and_no_pod(
             GpuRequest.default(), image="localhost/gpuconform/absent:0", labels={}, deadline=Deadline(60)
         )
     assert "ErrImage" in info.value.message
-    diagnostics = info.value.diagnostics  # type: ignore[attr-defined]
+    diagnostics = info.value.diagnostics
     assert diagnostics["describe"]["containers"][0]["state"]["waiting"]["reason"].startswith("ErrImage")
     assert double.pod_names() == []
     assert double.allocations() == {}
@@ -278,7 +279,7 @@ def test_simulated_host_faults_reach_the_pod_through_the_device_plugin(image: st
                 assert allocated == (host.inventory.gpus[0].uuid,)  # the plugin handed out GPU 0 ...
                 seen = uuids(box.exec(SMI_UUIDS, timeout=30).stdout)
                 assert seen == [host.inventory.gpus[1].uuid]  # ... and its CDI entry injected GPU 1
-            a.teardown_run()
+            a.gc(a.ctx.run_id)
             assert kube.containers() == []
     finally:
         host.down()

@@ -26,6 +26,7 @@ from gpuconform.drivers.qemu import QemuAdapter, QemuSandbox
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.fixtures.build.guestimage import build_guest_image
 from gpuconform.fixtures.sim.fakesysfs import FakeSysfs
+from gpuconform.fixtures.sim.offer import simulated_host
 from gpuconform.fixtures.sim.simgpu.host import SimHost
 from gpuconform.workloads.nvidia_smi import parse_list
 
@@ -67,6 +68,7 @@ def _ctx(sim: SimHost, tmp_path: Path, run_id: str) -> AdapterContext:
         run_id=run_id,
         state_dir=tmp_path / "state",
         options={"sim.root": str(sim.root)},
+        sim=simulated_host({"sim.root": str(sim.root)}, sim.inventory),
     )
 
 
@@ -106,8 +108,8 @@ def test_vm_with_two_gpus_sees_exactly_them_and_teardown_leaves_nothing(sim: Sim
         sandbox.close()  # idempotent
     assert vm.vm_processes(sandbox.id) == {}
     assert not sandbox.dir.exists()
-    assert "starting sshd" in sandbox.console_log  # kept for the evidence after the directory went
-    assert adapter.release_problems() == []
+    assert "starting sshd" in (sandbox.console_log or "")  # kept for the evidence after the directory went
+    assert adapter.release_problems(sandbox) == []
     assert _fake_sysfs(adapter.ctx).snapshot() == before
     adapter.ctx.leases.acquire_exact(sandbox.gpus, Deadline(1)).release()  # the lease is free again
 
@@ -119,11 +121,13 @@ from gpuconform.drivers.base import AdapterContext, Deadline
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter
 from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.sim.offer import simulated_host
 from gpuconform.fixtures.sim.simgpu.host import SimHost
 sim_root, tmp, run_id = sys.argv[1:4]
 sim = SimHost.load(Path(sim_root))
 ctx = AdapterContext(sim.inventory, GpuLeases(Path(tmp) / "leases"), run_id=run_id,
-                     state_dir=Path(tmp) / "state", options={"sim.root": sim_root})
+                     state_dir=Path(tmp) / "state", options={"sim.root": sim_root},
+                     sim=simulated_host({"sim.root": sim_root}, sim.inventory))
 box = QemuAdapter(ctx).provision(GpuRequest.default(), image="busybox", labels={}, deadline=Deadline(180))
 print(box.id, flush=True)
 time.sleep(600)
@@ -192,4 +196,4 @@ def test_python_vm_runs_numpy_and_shows_an_injected_fault(faulty_sim: SimHost, t
         assert sandbox.exec(["cat", "/tmp/gpuconform/x.txt"], timeout=30).stdout == "hello"
     finally:
         sandbox.close()
-    assert adapter.release_problems() == []
+    assert adapter.release_problems(sandbox) == []

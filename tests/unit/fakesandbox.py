@@ -31,13 +31,16 @@ from gpuconform.drivers.base import (
     Deadline,
     ExecResult,
     InfrastructureError,
+    LabelledRun,
+    Launch,
     Profile,
     RequestRejected,
     Sandbox,
 )
 from gpuconform.drivers.inventory import SCHEME_LEGACY, GpuRecord, Inventory
-from gpuconform.drivers.leases import GpuLeases
+from gpuconform.drivers.leases import GpuLeases, Lease
 from gpuconform.drivers.request import GpuRequest
+from gpuconform.drivers.selection import Selection
 from gpuconform.fixtures.cell import CaseOutcome, Cell
 from gpuconform.fixtures.outcomes import exception_verdict
 from gpuconform.fixtures.runtime import SandboxCache
@@ -197,30 +200,24 @@ def probe_doc(
 class FakeSandbox(Sandbox):
     """A sandbox whose ``exec`` answers from a table; an unscripted command is a test bug."""
 
-    def __init__(
-        self,
-        adapter: FakeAdapter,
-        request: GpuRequest,
-        granted: frozenset[str] | None,
-        table: Sequence[tuple[str, Answer]],
-        holds: frozenset[str],
-    ) -> None:
-        self.id = f"fake-{next(_IDS)}"
-        self.driver = adapter.name
-        self.request = request
-        self.granted = granted
+    adapter: FakeAdapter
+
+    def __init__(self, adapter: FakeAdapter, launch: Launch, table: Sequence[tuple[str, Answer]]) -> None:
+        super().__init__(adapter, launch, f"fake-{next(_IDS)}")
         self.versions = {"fake": "1"}
-        self.timings = {"provision_s": 0.25}
+        self.timings["provision_s"] = 0.25
         self.table = list(table)
-        self.holds = holds
+        self.holds = frozenset(g.uuid for g in launch.selection.lease.gpus)
         self.files: dict[str, bytes] = {}
         self.modes: dict[str, int] = {}
         self.timeouts: list[float] = []
-        self.closed = False
         self.closes = 0
-        self._adapter = adapter
 
-    def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
+    @property
+    def console_log(self) -> str | None:
+        return self.adapter.console
+
+    def raw_exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
         assert not self.closed, f"exec in closed sandbox {self.id}: {list(argv)}"
         self.timeouts.append(timeout)
         line = " ".join(argv)
@@ -234,15 +231,19 @@ class FakeSandbox(Sandbox):
         self.modes[path] = mode
 
     def close(self) -> None:
+        """Counted; a scripted ``close_error`` fails every close while it is set (a stuck engine)."""
         self.closes += 1
-        if self._adapter.close_error:
-            raise InfrastructureError(f"{self.id}: {self._adapter.close_error}")
-        if not self.closed:
-            self.closed = True
-            if self._adapter.teardown_timing:
-                self.timings["teardown_s"] = 0.5
-            if not self._adapter.keep_on_close:
-                self._adapter.taken -= self.holds
+        if self.adapter.close_error:
+            raise InfrastructureError(f"{self.id}: {self.adapter.close_error}")
+        super().close()
+        if self.adapter.teardown_timing:
+            self.timings["teardown_s"] = 0.5
+        else:
+            self.timings.pop("teardown_s", None)
+
+    def teardown(self) -> None:
+        if not self.adapter.keep_on_close:
+            self.adapter.taken -= self.holds
 
 
 Fault = tuple[str, int]
@@ -283,7 +284,9 @@ class FakeAdapter(Adapter):
         teardown_timing: bool = True,
     ) -> None:
         super().__init__(
-            AdapterContext(inventory=inv, leases=GpuLeases(Path("/nonexistent/leases")), run_id="unit")
+            AdapterContext(
+                inventory=inv, leases=GpuLeases(Path("/nonexistent/leases")), run_id="unit", host=""
+            )
         )
         self.inv = inv
         self.faults = list(faults)
@@ -322,9 +325,15 @@ class FakeAdapter(Adapter):
         self.leftover_queries.append(dict(labels))
         return list(self.left_behind)
 
+    def gc(self, run_id: str | None = None) -> list[str]:
+        return []  # creates nothing outside this process
+
+    def labelled_runs(self) -> list[LabelledRun]:
+        return []
+
     # -- selection -----------------------------------------------------------------------------
 
-    def _select(self, req: GpuRequest) -> list[GpuRecord]:
+    def _chosen(self, req: GpuRequest) -> list[GpuRecord]:
         gpus = list(self.inv.gpus)
         if req.device_ids:
             if self.refuse_ids:
@@ -432,28 +441,25 @@ class FakeAdapter(Adapter):
         deadline: Deadline,
         env: Mapping[str, str] | None = None,
     ) -> Sandbox:
-        self.provisions.append(
-            {
-                "request": req.shape,
-                "image": image,
-                "labels": dict(labels),
-                "env": dict(env or {}),
-                "deadline": isinstance(deadline, Deadline),
-            }
-        )
-        chosen = self._select(req)
-        if self.always_hook and "busybox-envall" in image:  # class 1: the hook honours the image env
+        """The base's provision, with what it was asked recorded for the tests."""
+        asked = {"request": req.shape, "image": image, "labels": dict(labels), "env": dict(env or {})}
+        self.provisions.append({**asked, "deadline": isinstance(deadline, Deadline)})
+        return super().provision(req, image=image, labels=labels, deadline=deadline, env=env)
+
+    def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
+        chosen = self._chosen(req)
+        holds = frozenset(g.uuid for g in chosen)
+        granted = holds if self.granted_known else None
+        return Selection(tuple(req.device_ids), granted, Lease(tuple(chosen)))
+
+    def start(self, launch: Launch) -> Sandbox:
+        chosen = list(launch.selection.lease.gpus)
+        if self.always_hook and "busybox-envall" in launch.image:  # class 1: the hook honours the image env
             chosen = list(self.inv.gpus)
         shown, extra_nodes = self.shown(chosen)
-        shape = self.shape_for.get(req.shape, self.shape)
-        holds = frozenset(g.uuid for g in chosen)
-        self.taken |= holds
-        granted = holds if self.granted_known else None
-        if not req.gpu:
-            granted = frozenset() if self.granted_known else None
-        sandbox = FakeSandbox(self, req, granted, self.table(shown, extra_nodes, shape), holds)
-        if self.console is not None:
-            sandbox.console_log = self.console  # type: ignore[attr-defined]
+        shape = self.shape_for.get(launch.request.shape, self.shape)
+        sandbox = FakeSandbox(self, launch, self.table(shown, extra_nodes, shape))
+        self.taken |= sandbox.holds
         self.provisioned.append(sandbox)
         return sandbox
 
@@ -490,12 +496,7 @@ def make_cell(
     case_id: str, adapter: FakeAdapter, host: FakeAdapter | None = None, runtime: FakeRuntime | None = None
 ) -> Cell:
     info = BY_ID[case_id]
-    profile = adapter.profile
-    expectation = (
-        profile.cases.get(case_id)
-        or profile.cases.get(case_id.split(".", 1)[0] + ".*")
-        or info.default_expectation
-    )
+    expectation = adapter.profile.expect(case_id, info.default_expectation)
     the_runtime: Any = runtime or FakeRuntime(adapter, host)
     return Cell(adapter.name, adapter, info, expectation, the_runtime, adapter.inv)
 

@@ -43,6 +43,7 @@ OUR_LABELS = {
     "dev.gpuconform.run": "r1",
     "dev.gpuconform.worker": "gw0",
     "dev.gpuconform.owner": "gpuconform",
+    "dev.gpuconform.host": "runner-7",
 }
 # Engine 28.2: CDI on by default, its devices listed in /info (API 1.48).
 ENGINE28_INFO = {
@@ -189,6 +190,7 @@ def adapter_for(
         run_id="r1",
         worker="gw0",
         options={"docker.host": engine.url, **options},
+        host="runner-7",
     )
     return cls(ctx)
 

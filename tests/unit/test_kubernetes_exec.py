@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuconform.drivers.kube_exec import ExecProtocolError, parse_exec_status, put_file_argv
+from gpuconform.drivers.base import put_file_argv
+from gpuconform.drivers.kube_exec import ExecProtocolError, parse_exec_status
 
 
 def test_success_status_is_exit_zero() -> None:

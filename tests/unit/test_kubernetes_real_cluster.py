@@ -54,7 +54,7 @@ def test_run_finds_the_cluster_that_cluster_up_recorded(
     record = kube_cluster.record_cluster(kubeconfig, "kind-gpuconform", tmp_path / "rec/kind-cluster.json")
     a = adapter(tmp_path, False, **{"kubernetes.cluster_record": str(record)})
     assert a.configuration().host == "https://127.0.0.1:39999"  # the recorded context, not current-context
-    assert "recorded by gpuconform cluster up" in a._versions["kubeconfig"]
+    assert "recorded by gpuconform cluster up" in a.versions["kubeconfig"]
     explicit = write_kubeconfig(tmp_path / "explicit", "https://10.0.0.1:6443", "mine")
     b = adapter(
         tmp_path,

@@ -58,7 +58,7 @@ def test_uuid_only_spec_offers_uuid_names_and_default_requests_use_them(tmp_path
     assert adapter.native_ids(INV.gpus[1]) == [f"{KIND}={UUIDS[1]}"]
     assert adapter.all_ids() is None
     selection = select_gpus(
-        adapter.ctx, GpuRequest.of_count(2), "cdi", Deadline(5), inventory=adapter.cdi_inventory
+        adapter.ctx, GpuRequest.of_count(2), "cdi", Deadline(5), inventory=adapter.id_inventory()
     )
     try:
         assert sorted(selection.ids) == sorted(f"{KIND}={u}" for u in UUIDS)

@@ -17,6 +17,7 @@ from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter, QemuSingleAdapter
 from gpuconform.drivers.qemu_guest import guest_payload
 from gpuconform.drivers.request import GpuRequest
+from gpuconform.fixtures.sim.offer import simulated_host
 from gpuconform.fixtures.sim.simgpu.faults import parse_faults
 from gpuconform.fixtures.sim.simgpu.plan import build_plan, injection
 from gpuconform.fixtures.sim.simgpu.profiles import get_profile
@@ -136,7 +137,13 @@ def test_payload_refuses_a_missing_simulated_file(tmp_path: Path) -> None:
 def ctx(tmp_path: Path) -> AdapterContext:
     prof = get_profile("h100x4")
     inv = Inventory(host="unit", gpus=prof.records(KIND), simulated=True, source="unit", cdi_kind=KIND)
-    return AdapterContext(inv, GpuLeases(tmp_path / "leases"), run_id="r1", state_dir=tmp_path / "state")
+    return AdapterContext(
+        inv,
+        GpuLeases(tmp_path / "leases"),
+        run_id="r1",
+        state_dir=tmp_path / "state",
+        sim=simulated_host({}, inv),
+    )
 
 
 @pytest.fixture

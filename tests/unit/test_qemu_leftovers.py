@@ -21,6 +21,7 @@ from gpuconform.drivers.base import LABEL_CASE, LABEL_RUN, LABEL_WORKER, Adapter
 from gpuconform.drivers.inventory import Inventory
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.qemu import QemuAdapter
+from gpuconform.fixtures.sim.offer import simulated_host
 from gpuconform.fixtures.sim.simgpu.profiles import get_profile
 
 KIND = "sim.gpuconform.dev/unit"
@@ -33,7 +34,13 @@ OTHER = {LABEL_RUN: RUN, LABEL_WORKER: "gw1", LABEL_CASE: "smi.default"}
 def adapter(tmp_path: Path) -> QemuAdapter:
     prof = get_profile("h100x2")
     inv = Inventory(host="unit", gpus=prof.records(KIND), simulated=True, source="unit", cdi_kind=KIND)
-    ctx = AdapterContext(inv, GpuLeases(tmp_path / "leases"), run_id=RUN, state_dir=tmp_path / "state")
+    ctx = AdapterContext(
+        inv,
+        GpuLeases(tmp_path / "leases"),
+        run_id=RUN,
+        state_dir=tmp_path / "state",
+        sim=simulated_host({}, inv),
+    )
     return QemuAdapter(ctx)
 
 

@@ -52,7 +52,7 @@ def test_default_leases_the_lowest_free_gpu_and_returns_its_first_cdi_id(tmp_pat
     ctx = _ctx(tmp_path)
     sel = select_gpus(ctx, GpuRequest.default(), SCHEME_CDI, Deadline(1))
     assert sel.ids == ("nvidia.com/gpu=0",)
-    assert sel.granted == {"GPU-sel-0"}
+    assert sel.granted == frozenset({"GPU-sel-0"})
     assert _held(ctx) == [0]
     sel.release()
     assert _held(ctx) == []
@@ -72,7 +72,7 @@ def test_count_uses_the_schemes_first_native_id(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     sel = select_gpus(ctx, GpuRequest.of_count(2), SCHEME_PCI, Deadline(1))
     assert sel.ids == ("0000:18:00.0", "0000:19:00.0")
-    assert sel.granted == {"GPU-sel-0", "GPU-sel-1"}
+    assert sel.granted == frozenset({"GPU-sel-0", "GPU-sel-1"})
     assert _held(ctx) == [0, 1]
     sel.release()
 
@@ -104,7 +104,7 @@ def test_explicit_ids_pass_through_untouched_and_are_leased(tmp_path: Path) -> N
     ids = ["nvidia.com/gpu=GPU-sel-3", "nvidia.com/gpu=1"]
     sel = select_gpus(ctx, GpuRequest.of_ids(ids, count=2), SCHEME_CDI, Deadline(1))
     assert sel.ids == tuple(ids)
-    assert sel.granted == {"GPU-sel-1", "GPU-sel-3"}
+    assert sel.granted == frozenset({"GPU-sel-1", "GPU-sel-3"})
     assert _held(ctx) == [1, 3]
     sel.release()
     assert _held(ctx) == []
@@ -141,7 +141,7 @@ def test_all_id_leases_every_gpu(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     sel = select_gpus(ctx, GpuRequest.of_ids([CDI_ALL]), SCHEME_CDI, Deadline(1), all_id=CDI_ALL)
     assert sel.ids == (CDI_ALL,)
-    assert sel.granted == {f"GPU-sel-{i}" for i in range(4)}
+    assert sel.granted == frozenset({f"GPU-sel-{i}" for i in range(4)})
     assert _held(ctx) == [0, 1, 2, 3]
     sel.release()
     assert _held(ctx) == []
@@ -160,7 +160,7 @@ def test_unleased_default_leases_nothing_even_when_held(tmp_path: Path) -> None:
     try:
         sel = select_gpus(ctx, GpuRequest.of_count(2), SCHEME_CDI, Deadline(0), leased=False)
         assert sel.ids == ("nvidia.com/gpu=0", "nvidia.com/gpu=1")
-        assert sel.granted == {"GPU-sel-0", "GPU-sel-1"}
+        assert sel.granted == frozenset({"GPU-sel-0", "GPU-sel-1"})
         assert sel.lease.gpus == ()
         assert _held(ctx) == [0]
     finally:
@@ -174,11 +174,11 @@ def test_unleased_explicit_and_all_ids(tmp_path: Path) -> None:
         Deadline(1), leased=False,
     )  # fmt: skip
     assert sel.ids == ("nvidia.com/gpu=2", "nvidia.com/gpu=9")
-    assert sel.granted == {"GPU-sel-2"}
+    assert sel.granted == frozenset({"GPU-sel-2"})
     every = select_gpus(
         ctx, GpuRequest.of_ids([CDI_ALL]), SCHEME_CDI, Deadline(1), all_id=CDI_ALL, leased=False
     )
-    assert every.granted == {f"GPU-sel-{i}" for i in range(4)}
+    assert every.granted == frozenset({f"GPU-sel-{i}" for i in range(4)})
     assert _held(ctx) == []
 
 
