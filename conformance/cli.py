@@ -98,9 +98,9 @@ def _pytest_args(args: argparse.Namespace) -> list[str]:
     """What came after ``--``, for pytest: a plugin option there may be spelled as ``gpuconform
     run`` spells it (``-- --provision-timeout 60``, as before the options carried the prefix) and
     is translated; everything else passes unchanged."""
-    from gpuconform.fixtures.settings import pytest_argv
+    from gpuconform.fixtures.settings import prefixed_argv
 
-    return pytest_argv(list(args.pytest_args or []))
+    return prefixed_argv(list(args.pytest_args or []))
 
 
 def _workers(args: argparse.Namespace) -> str | None:

@@ -16,7 +16,7 @@ import pytest
 
 from gpuconform.drivers.base import Deadline
 from gpuconform.fixtures.build.images import ensure_image
-from gpuconform.fixtures.settings import pytest_argv
+from gpuconform.fixtures.settings import prefixed_argv
 from gpuconform.fixtures.sim.simgpu.podman_config import (
     PodmanConfigError,
     ensure_containers_conf,
@@ -72,7 +72,7 @@ def conformance_argv(out_dir: Path, *args: str) -> list[str]:
         # machine from taking "GPU 0" away from a test that injects a fault into GPU 0.
         "--gpuconform-lease-dir",
         str(out_dir.parent / "leases"),
-        *pytest_argv(list(args)),
+        *prefixed_argv(list(args)),
     ]
 
 

@@ -17,7 +17,7 @@ from gpuconform.fixtures.settings import (
     Settings,
     SettingsError,
     add_options,
-    pytest_argv,
+    prefixed_argv,
 )
 
 pytest_plugins = ["pytester"]
@@ -207,7 +207,7 @@ def test_short_option_names_in_messages_are_rewritten_for_pytest() -> None:
 
 def test_gpuconform_run_spelling_translates_to_pytest_and_leaves_the_rest() -> None:
     argv = ["--out", "r", "--sim-instance=dev", "-k", "count", "--outer", "-x", "--gpuconform-sim", "single"]
-    assert pytest_argv(argv) == [
+    assert prefixed_argv(argv) == [
         "--gpuconform-out", "r", "--gpuconform-sim-instance=dev", "-k", "count", "--outer", "-x",
         "--gpuconform-sim", "single",
     ]  # fmt: skip
