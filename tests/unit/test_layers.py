@@ -32,11 +32,6 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 #: so this list only shrinks; it is empty when issue 13 is done.
 PENDING: frozenset[tuple[str, str]] = frozenset(
     {
-        # H1 moves the error types and Deadline to drivers/errors.py (model); H3 repoints these.
-        ("fixtures/build/glibc.py", "drivers.base"),
-        ("fixtures/build/guestimage.py", "drivers.base"),
-        ("fixtures/build/guestmodules.py", "drivers.base"),
-        ("fixtures/build/images.py", "drivers.base"),
         # H3: the plugin hands records to the reports through hooks (fixtures/hookspecs.py).
         ("fixtures/plugin.py", "reports.allure_cells"),
         ("fixtures/publish.py", "reports.allure_cells"),
