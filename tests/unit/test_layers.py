@@ -5,7 +5,10 @@ known to fail when it should."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,34 @@ def test_the_check_covers_every_folder_of_the_product() -> None:
     assert {"drivers.base", "fixtures.plugin", "fixtures.sim.environment", "reports.matrix"} <= names
     assert {"conformance.cli", "workloads.nvidia_smi", "fixtures.build.images"} <= names
     assert all(layers.layer_of(n) is not None for n in names)
+
+
+def test_every_package_the_map_covers_is_installed() -> None:
+    """A layer check over modules a wheel leaves out would pass while the installed plugin cannot
+    import them: every folder of the five that holds modules is a package in pyproject's list."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {p.parent for p in layers.source_files(REPO)}
+    missing = sorted(
+        f"{layers.NAMESPACE}.{'.'.join(d.relative_to(REPO).parts)}"
+        for d in folders
+        if f"{layers.NAMESPACE}.{'.'.join(d.relative_to(REPO).parts)}" not in listed
+    )
+    assert not missing, f"packages missing from [tool.setuptools] packages in pyproject.toml: {missing}"
+    assert all((d / "__init__.py").is_file() for d in folders)
+
+
+def test_no_module_of_the_product_is_ignored_by_git() -> None:
+    """An ignored module exists in this checkout but not in a fresh clone (``build/`` once
+    swallowed fixtures/build/__init__.py)."""
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(
+        [git, "ls-files", "--others", "--ignored", "--exclude-standard", "--", *layers.FOLDERS],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    ignored = [p for p in listed if p.endswith(".py") and "__pycache__" not in p]
+    assert not ignored, f"product modules ignored by .gitignore (a fresh clone lacks them): {ignored}"
 
 
 def test_an_upward_import_fails_naming_file_line_and_both_layers(tmp_path: Path) -> None:
