@@ -249,6 +249,15 @@ def test_an_unrelated_project_with_its_own_fixtures_runs_untouched(
     assert not (state / "runs").exists() or not any((state / "runs").iterdir())
     assert not (project / "elsewhere").exists()
     assert sorted(p.name for p in (project / "results").iterdir()) == ["mine.txt"]
+    # pytest --help there: our options in their own group, every one under the prefix.
+    helptext = _ok(
+        _run([installed.python, "-m", "pytest", "--help"], 120, cwd=project, env=installed.env(state))
+    )
+    lines = helptext.splitlines()
+    start = lines.index("GPU sandbox conformance (gpuconform):")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].strip())
+    flags = [line.split()[0].split("=")[0] for line in lines[start + 1 : end] if line.startswith("  --")]
+    assert flags and all(flag.startswith("--gpuconform-") for flag in flags), flags
 
 
 @pytest.mark.root
