@@ -69,6 +69,17 @@ def test_the_driver_exists_only_through_its_entry_point() -> None:
     assert "unknown driver 'podctl'" in refused.stderr, refused.stderr
 
 
+def test_its_declared_options_are_checked_at_the_front_door(tmp_path: Path) -> None:
+    out = tmp_path / "never-made"
+    for opt, said in (
+        ("podctl.bogus=1", "unknown option 'podctl.bogus'"),
+        ("podctl.store=", "must be a path"),
+    ):
+        refused = _cli("run", "--drivers", "podctl", "--driver-opt", opt, "--out", str(out))
+        assert refused.returncode == 2 and said in refused.stderr, refused.stdout + refused.stderr
+    assert not out.exists()
+
+
 class Column:
     """One ``gpuconform run`` of the podman and podctl columns, read back from its outputs."""
 
