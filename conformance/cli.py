@@ -83,14 +83,15 @@ def _add_plugin_options(run: argparse.ArgumentParser) -> None:
 
 
 def _gpuconform_args(args: argparse.Namespace) -> list[str]:
-    """The plugin's own options, as ``gpuconform run`` passes them to pytest: prefixed."""
+    """The plugin's own options, as ``gpuconform run`` passes them to pytest: prefixed, and joined
+    to their values (``--gpuconform-host-name=-x``), so a value never reads as an option."""
     from gpuconform.fixtures.settings import OPTIONS, PYTEST
 
     argv: list[str] = []
     for option in OPTIONS:
         value = getattr(args, _attr(option.name))
         for item in (value or []) if option.repeatable else ([] if value is None else [value]):
-            argv += [PYTEST.flag(option.name), str(item)]
+            argv.append(f"{PYTEST.flag(option.name)}={item}")
     return argv
 
 

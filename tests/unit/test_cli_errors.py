@@ -123,6 +123,7 @@ BAD_RUNS: list[tuple[list[str], str]] = [
     (["--provision-timeout", "abc"], "--provision-timeout takes seconds, got 'abc'"),
     (["--bandwidth-threshold", "h2d_gbps"], "--bandwidth-threshold takes KEY=VALUE"),
     (["--host-name", "a/b"], "--host-name 'a/b' is not a usable host name"),
+    (["--host-name=-leading"], "--host-name '-leading' is not a usable host name"),
     (["--", "--sim-fault=wrong-gpu:9"], "--sim-fault: fault wrong-gpu:9"),
 ]
 
