@@ -401,7 +401,15 @@ class Adapter(abc.ABC):
         """Start a sandbox for ``req``; RequestRejected when the driver refuses it."""
         start = time.monotonic()
         selection = self.select(req, deadline)
-        launch = self.launch(req, image=image, labels=labels, deadline=deadline, env=env, selection=selection)
+        launch = Launch(
+            request=req,
+            image=image,
+            labels={**self.ctx.labels, **labels, LABEL_OWNER: "gpuconform"},
+            env=dict(env or {}),
+            deadline=deadline,
+            selection=selection,
+            name=self.sandbox_name(),
+        )
         try:
             sandbox = self.start(launch)
         except BaseException:
@@ -409,28 +417,6 @@ class Adapter(abc.ABC):
             raise
         sandbox.timings.setdefault("provision_s", round(time.monotonic() - start, 3))
         return sandbox
-
-    def launch(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-        selection: Selection | None = None,
-    ) -> Launch:
-        """The Launch ``provision`` hands ``start`` (an adapter's own helper sandboxes, such as a
-        ground-truth probe, are made from one too): the run's labels joined to ``labels``."""
-        return Launch(
-            request=req,
-            image=image,
-            labels={**self.ctx.labels, **labels, LABEL_OWNER: "gpuconform"},
-            env=dict(env or {}),
-            deadline=deadline,
-            selection=selection or Selection((), None, Lease(())),
-            name=self.sandbox_name(),
-        )
 
     def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
         """Which GPUs ``req`` gets and under which native ids: leased free GPUs (lowest index

@@ -17,15 +17,13 @@ from gpuconform.drivers.base import (
     LABEL_RUN,
     Adapter,
     AdapterContext,
-    DriverUnavailable,
     ExecResult,
-    InfrastructureError,
     LabelledRun,
     Launch,
-    RequestRejected,
     Sandbox,
     merge_runs,
 )
+from gpuconform.drivers.errors import DriverUnavailable, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_CDI, Inventory, learnt_cdi_inventory
 from gpuconform.drivers.subproc import run_command
 

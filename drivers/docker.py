@@ -33,19 +33,16 @@ from gpuconform.drivers.base import (
     Adapter,
     AdapterContext,
     Availability,
-    Deadline,
-    DriverUnavailable,
     ExecResult,
-    InfrastructureError,
     LabelledRun,
     Launch,
     OptionSpec,
     Profile,
-    RequestRejected,
     Sandbox,
     merge_runs,
 )
 from gpuconform.drivers.docker_payload import one_line
+from gpuconform.drivers.errors import Deadline, DriverUnavailable, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, Inventory, learnt_cdi_inventory
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection, select_gpus

@@ -26,10 +26,8 @@ from gpuconform.drivers.base import (
     SANDBOX_SCRATCH,
     Adapter,
     Availability,
-    Deadline,
     ExecResult,
     Expectation,
-    InfrastructureError,
     LabelledRun,
     Launch,
     OptionSpec,
@@ -37,6 +35,7 @@ from gpuconform.drivers.base import (
     Sandbox,
     merge_runs,
 )
+from gpuconform.drivers.errors import Deadline, InfrastructureError
 from gpuconform.drivers.inventory import SCHEME_HOST
 from gpuconform.drivers.subproc import run_command
 

@@ -14,14 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpuconform.drivers.base import (
+    ExecResult,
+    Launch,
+    Sandbox,
+)
+from gpuconform.drivers.errors import (
     Deadline,
     DeadlineExceeded,
-    ExecResult,
     HarnessError,
     InfrastructureError,
-    Launch,
     RequestRejected,
-    Sandbox,
 )
 from gpuconform.drivers.kube_diag import GPU_RESOURCE, as_plain, classify_pod, collect_diagnostics
 from gpuconform.drivers.kube_exec import exec_in_pod

@@ -25,20 +25,23 @@ from gpuconform.drivers import kube_cluster as cluster
 from gpuconform.drivers import kube_truth as truth
 from gpuconform.drivers.base import (
     LABEL_CASE,
+    LABEL_OWNER,
     LABEL_RUN,
     Adapter,
     AdapterContext,
     Availability,
-    Deadline,
-    DriverUnavailable,
-    HarnessError,
-    InfrastructureError,
     LabelledRun,
     Launch,
     OptionSpec,
     Profile,
-    RequestRejected,
     merge_runs,
+)
+from gpuconform.drivers.errors import (
+    Deadline,
+    DriverUnavailable,
+    HarnessError,
+    InfrastructureError,
+    RequestRejected,
 )
 from gpuconform.drivers.inventory import Inventory
 from gpuconform.drivers.kube_diag import api_error_message, collect_diagnostics, list_events
@@ -346,12 +349,9 @@ class KubernetesAdapter(Adapter):
             if count <= 0:
                 continue
             try:
-                launch = self.launch(
-                    GpuRequest.of_count(count),
-                    image=image,
-                    labels={LABEL_CASE: "ground-truth"},
-                    deadline=deadline,
-                )
+                labels = {**self.ctx.labels, LABEL_CASE: "ground-truth", LABEL_OWNER: "gpuconform"}
+                nothing = Selection((), None, Lease(()))
+                launch = Launch(GpuRequest.of_count(count), image, labels, {}, deadline, nothing, "")
                 sandbox = self.start_pod(launch, node=node)
             except RequestRejected as exc:
                 raise InfrastructureError(

@@ -33,20 +33,17 @@ from gpuconform.drivers.base import (
     Adapter,
     AdapterContext,
     Availability,
-    Deadline,
     ExecResult,
     Expectation,
-    HarnessError,
-    InfrastructureError,
     LabelledRun,
     Launch,
     OptionSpec,
     Profile,
-    RequestRejected,
     Sandbox,
     host_label,
     merge_runs,
 )
+from gpuconform.drivers.errors import Deadline, HarnessError, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_PCI, GpuRecord, InventoryError, normalise_pci_bus_id
 from gpuconform.drivers.leases import Lease
 from gpuconform.drivers.qemu_vfio import VfioSite, vfio_sites

@@ -432,19 +432,13 @@ class FakeAdapter(Adapter):
             ("python3 ", probe),
         ]
 
-    def provision(
-        self,
-        req: GpuRequest,
-        *,
-        image: str,
-        labels: Mapping[str, str],
-        deadline: Deadline,
-        env: Mapping[str, str] | None = None,
-    ) -> Sandbox:
+    def provision(self, req: GpuRequest, **how: Any) -> Sandbox:
         """The base's provision, with what it was asked recorded for the tests."""
-        asked = {"request": req.shape, "image": image, "labels": dict(labels), "env": dict(env or {})}
-        self.provisions.append({**asked, "deadline": isinstance(deadline, Deadline)})
-        return super().provision(req, image=image, labels=labels, deadline=deadline, env=env)
+        asked = {"image": how["image"], "labels": dict(how["labels"]), "env": dict(how.get("env") or {})}
+        self.provisions.append(
+            {"request": req.shape, **asked, "deadline": isinstance(how["deadline"], Deadline)}
+        )
+        return super().provision(req, **how)
 
     def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
         chosen = self._chosen(req)
