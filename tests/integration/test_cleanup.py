@@ -178,7 +178,8 @@ def test_gc_stops_a_dockerd_whose_run_died_before_recording_it() -> None:
                     cdi_spec_dirs=[host.cdi_spec_path.parent],
                 )
             )
-        done = reap_dead_runs()
+        report = reap_dead_runs()
+        done = report.lines(verbose=True)
         for daemon in daemons:
             assert not daemon.status().running, done
             assert not daemon.data_root.exists(), done
@@ -188,3 +189,51 @@ def test_gc_stops_a_dockerd_whose_run_died_before_recording_it() -> None:
         for daemon in daemons:
             daemon.stop(purge=True)
         host.down()
+
+
+def _labelled_container(name: str, run_id: str, host: str, image: str) -> None:
+    subprocess.run(
+        ["podman", "run", "-d", "--name", name, "--label", f"dev.gpuconform.run={run_id}"]
+        + ["--label", f"dev.gpuconform.host={host}", image, "sleep", "600"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_gc_sweeps_a_container_whose_run_folder_is_gone_but_not_another_hosts(image: str) -> None:
+    """A straggler (a pod container the API double started after its run's own teardown) carries
+    the run label of a run with no folder anywhere: gc removes it once older than the grace.
+    A container labelled by another host sharing the engine is never touched."""
+    from gpuconform.drivers.base import host_label
+
+    ours, theirs = "gone" + secrets.token_hex(3), "elsewhere" + secrets.token_hex(3)
+    names = {ours: f"gpuconform-{ours}-straggler", theirs: f"gpuconform-{theirs}-pod"}
+    try:
+        _labelled_container(names[ours], ours, host_label(), image)
+        _labelled_container(names[theirs], theirs, "another-runner", image)
+        young = subprocess.run(
+            [sys.executable, "-m", "gpuconform.conformance.cli", "gc", "-v"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert young.returncode == 0, young.stderr
+        assert podman_containers(f"dev.gpuconform.run={ours}") == [names[ours]], young.stdout
+        assert f"left run {ours}: no run folder here, but its newest resource is" in young.stdout
+        time.sleep(2)
+        gc = subprocess.run(
+            [sys.executable, "-m", "gpuconform.conformance.cli", "gc", "-v", "--grace", "1"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert gc.returncode == 0, gc.stderr
+        assert f"removed {names[ours]}" in gc.stdout, gc.stdout
+        assert podman_containers(f"dev.gpuconform.run={ours}") == [], gc.stdout
+        assert podman_containers(f"dev.gpuconform.run={theirs}") == [names[theirs]], gc.stdout
+        assert f"left run {theirs}: made by host another-runner" in gc.stdout
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *names.values()], capture_output=True, timeout=120)
