@@ -16,7 +16,6 @@ from gpuconform.drivers.kubernetes import KubernetesAdapter
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.fixtures.build.images import IMAGES, image_ref
 from gpuconform.fixtures.sim.kind import cluster as kind
-from gpuconform.fixtures.sim.kind import images as kind_images
 
 
 def write_kubeconfig(path: Path, server: str, context: str) -> Path:
@@ -107,26 +106,27 @@ def test_cluster_up_loads_every_image_kind_and_records_the_kubeconfig(
 
 
 def test_pod_images_come_from_a_named_registry_or_what_cluster_up_loaded(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gpuconform.drivers import kubernetes
+
     def no_podman(*a: object, **kw: object) -> str:
         raise AssertionError("a real cluster's image must not come from local Podman")
 
-    monkeypatch.setattr(kind_images, "ensure_image", no_podman)
+    monkeypatch.setattr(kubernetes, "ensure_image", no_podman)
     ref = image_ref("busybox")
     assert ref.startswith("localhost/")
-    got = kind_images.kubernetes_image(
-        "busybox", simulated=False, registry="reg.example:5000/", deadline=Deadline(1)
+    registry = adapter(tmp_path, False, **{"kubernetes.registry": "reg.example:5000/"})
+    assert registry.image("busybox", deadline=Deadline(1)) == "reg.example:5000/" + ref.removeprefix(
+        "localhost/"
     )
-    assert got == "reg.example:5000/" + ref.removeprefix("localhost/")
+    assert adapter(tmp_path).image("busybox", deadline=Deadline(1)) == ref
     assert (
-        kind_images.kubernetes_image("busybox", simulated=False, registry=None, deadline=Deadline(1)) == ref
+        adapter(tmp_path, False, **{"image.busybox": "mine:1"}).image("busybox", deadline=Deadline(1))
+        == "mine:1"
     )
-    monkeypatch.setattr(kind_images, "ensure_image", lambda engine, k, deadline: f"{engine}:{k}")
-    assert (
-        kind_images.kubernetes_image("python", simulated=True, registry=None, deadline=Deadline(1))
-        == "podman:python"
-    )
+    monkeypatch.setattr(kubernetes, "ensure_image", lambda engine, k, deadline: f"{engine}:{k}")
+    assert adapter(tmp_path, simulated=True).image("python", deadline=Deadline(1)) == "podman:python"
 
 
 A0, A1, B0 = (f"GPU-{c * 8}-1111-2222-3333-444444444444" for c in "ab0")
