@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuconform.conformance.observe import is_absent
-from gpuconform.drivers.base import ExecResult, Sandbox
+from gpuconform.drivers.base import SANDBOX_SCRATCH, ExecResult, Sandbox
 from gpuconform.fixtures.cell import Cell
-from gpuconform.fixtures.sim.simgpu.layout import SANDBOX_SCRATCH
 from gpuconform.workloads import cuda_probe
 from gpuconform.workloads.compute_judge import (
     HOST_REMEDY,

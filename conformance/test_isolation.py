@@ -77,7 +77,7 @@ def test_release(cell: Cell) -> None:
     # the sandbox merely listed (a wrong one) would prove nothing about the one teardown freed.
     held = set(expect_exactly(cell, first, 1, first.granted))
     cell.release(first)
-    problems = cell.release_problems()
+    problems = cell.release_problems(first)
     if problems:
         cell.fail(f"after teardown: {'; '.join(problems)}")
     gpus = [g for g in cell.inventory.gpus if g.uuid in held]

@@ -147,7 +147,7 @@ def test_release_healthy_and_broken() -> None:
     assert kept.verdict is FAIL
     assert "in use by another sandbox" in kept.reason
     vfio = world()
-    vfio.release_problems = lambda: ["0000:18:00.0 still bound to vfio-pci"]  # type: ignore[attr-defined]
+    vfio.release_problems = lambda sandbox: ["0000:18:00.0 still bound to vfio-pci"]  # type: ignore[method-assign]
     stuck = run_case("release", vfio)
     assert stuck.verdict is FAIL
     assert stuck.reason == "after teardown: 0000:18:00.0 still bound to vfio-pci"
