@@ -41,7 +41,6 @@ GPU_PATHS = (GPU_PATH_CDI, GPU_PATH_LEGACY)
 # older results, so a stored matrix keeps its meaning.
 COLUMNS = {"docker-legacy": GPU_PATH_LEGACY, "docker-cdi": GPU_PATH_CDI}
 ALIASES = {"docker": "docker-legacy"}
-DOCKER_COLUMNS = (*COLUMNS, *ALIASES)
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 HOOK_NAME = "nvidia-container-runtime-hook"
 CDI_MIN_ENGINE = 25
@@ -271,12 +270,6 @@ def single_file_tar(name: str, data: bytes, mode: int) -> bytes:
 def container_label(entry: Mapping[str, Any]) -> str:
     """How ``gc`` names a container from ``GET /containers/json``: its name, else its id."""
     return str((entry.get("Names") or [entry["Id"]])[0]).lstrip("/")
-
-
-def container_name(run_id: str, suffix: str) -> str:
-    """A valid container name (``[a-zA-Z0-9][a-zA-Z0-9_.-]*``) carrying the run id."""
-    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id).strip("-_.") or "run"
-    return f"gpuconform-{safe[:40]}-{suffix}"
 
 
 def read_multiplexed(sock: Any, deadline: Deadline) -> tuple[str, str, bool]:
