@@ -74,6 +74,7 @@ def test_on_bare_host_provisions_on_the_host_driver_and_closes_on_leaving() -> N
         assert baseline in host.provisioned and adapter.provisioned == []
         assert baseline.granted == frozenset({uuid})
         assert host.provisions[-1]["labels"]["dev.gpuconform.case"] == "cuda.bandwidth"
+        assert host.provisions[-1]["image"] == runtime.image("host", "python")  # chosen as for any sandbox
     assert [b.closes for b in host.provisioned] == [1]
     assert cell.granted is None  # the reference is not the case's sandbox
 
@@ -86,3 +87,13 @@ def test_on_bare_host_closes_when_the_body_fails() -> None:
     with pytest.raises(RuntimeError), cell.on_bare_host(GpuRequest.default()):
         raise RuntimeError("probe crashed")
     assert [b.closes for b in host.provisioned] == [1]
+
+
+def test_on_bare_host_validates_its_request() -> None:
+    adapter = world("h100x4")
+    host = FakeAdapter(adapter.inv)
+    host.name = "host"
+    cell = make_cell("cuda.bandwidth", adapter, runtime=FakeRuntime(adapter, host))
+    with pytest.raises(RequestError), cell.on_bare_host(GpuRequest.of_count(0)):
+        pass
+    assert host.provisioned == []
