@@ -413,13 +413,13 @@ class QemuAdapter(Adapter):
         for run_dir in sorted(base.iterdir()) if base.is_dir() else ():
             found.append(({LABEL_RUN: run_dir.name, LABEL_HOST: here}, run_dir.stat().st_mtime))
         runs = {run.run_id for run in merge_runs(found)}
-        for name in vm.vm_processes(vm.NAME_PREFIX).values():
+        for pid, name in vm.vm_processes(vm.NAME_PREFIX).items():
             run_id = next((r for r in runs if name.startswith(f"{vm.NAME_PREFIX}{r}-")), "")
             if not run_id:  # a VM whose directory is gone: its run id is the name less the suffix
                 run_id = name.removeprefix(vm.NAME_PREFIX).rsplit("-", 1)[0]
-            found.append(({LABEL_RUN: run_id, LABEL_HOST: here}, 0.0))
+            found.append(({LABEL_RUN: run_id, LABEL_HOST: here}, _started(pid)))
         for site in vfio_sites(self.ctx, create=False):
-            found += [({LABEL_RUN: b.run_id, LABEL_HOST: here}, 0.0) for b in site.state.entries()]
+            found += [({LABEL_RUN: b.run_id, LABEL_HOST: here}, b.created) for b in site.state.entries()]
         return merge_runs(found)
 
     def reconcile(self) -> list[str]:
@@ -438,6 +438,14 @@ class QemuAdapter(Adapter):
             shutil.rmtree(base, ignore_errors=True)
             removed.append(f"VM directories under {base}")
         return removed + self.reconcile()
+
+
+def _started(pid: int) -> float:
+    """When process ``pid`` started (epoch seconds; its /proc entry is made then), or now if gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_ctime
+    except OSError:
+        return time.time()
 
 
 class QemuSingleAdapter(QemuAdapter):
