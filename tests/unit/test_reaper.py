@@ -193,6 +193,27 @@ def test_a_refused_removal_is_said_exits_1_and_keeps_the_folder_for_a_retry(
     assert used and set(used) == {"/x"}, "the retry used the options the run recorded"
 
 
+def test_a_refusal_by_an_engine_that_went_down_with_the_run_leaves_nothing_and_is_no_failure(
+    engines: dict[str, Store], state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frozen private daemon times out on removal; the run's environment then stops and purges
+    it with every container in it: asked again, nothing of the run is left, so gc succeeds."""
+    engines["alpha"].add("c1", "frozenrun")
+    engines["alpha"].refuse = "docker ps timed out"
+
+    def teardown(run_dir: Path) -> list[str]:
+        engines["alpha"].resources.clear()  # purged with the daemon's data root
+        engines["alpha"].unavailable = "no socket"
+        return ["stopped private dockerd"]
+
+    monkeypatch.setattr(reaper, "teardown_environment", teardown)
+    run_dir = run_folder(state, "frozenrun", drivers=("alpha",))
+    report = reaper.reap_dead_runs(state, grace_s=HOUR)
+    assert report.ok, report
+    assert "stopped private dockerd" in report.removed and not run_dir.exists()
+    assert any("docker ps timed out; nothing of it is left" in line for line in report.skipped)
+
+
 def test_gc_refuses_a_bad_grace_in_one_line(
     engines: dict[str, Store], state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
