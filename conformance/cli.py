@@ -395,11 +395,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if not grace >= 0:  # NaN too
         raise ValueError(f"--grace takes seconds >= 0, got {args.grace!r} (hint: --grace 600)")
     report = reap_dead_runs(grace_s=grace)
-    for line in report.removed + (report.skipped if args.verbose else []):
+    for line in report.removed + report.kept + (report.skipped if args.verbose else []):
         print(line)
     for line in report.failed:
         print(line, file=sys.stderr)
-    if not report.removed and report.ok:
+    if not report.removed and not report.kept and report.ok:
         print("nothing to remove")
     return 0 if report.ok else 1
 

@@ -27,7 +27,7 @@ from gpuconform.drivers.base import (
     LabelledRun,
     host_label,
 )
-from gpuconform.drivers.registry import ALIASES, BUILTIN
+from gpuconform.drivers.registry import ALIASES, BUILTIN, UnknownDriver
 from gpuconform.fixtures.runrecord import (
     RunRecord,
     live_runs,
@@ -252,8 +252,9 @@ def test_runs_without_a_folder_go_after_the_grace_unless_another_host_made_them(
     store.add("young-here", "gone4", here, now - 60)
     store.add("old-elsewhere", "gone5", "other-runner", now - 2 * HOUR)
     report = reaper.reap_dead_runs(state, grace_s=HOUR, now=now)
-    assert set(store.resources) == {"young-here", "old-elsewhere"}, report
+    assert set(store.resources) == {"unknown-age", "young-here", "old-elsewhere"}, report
     verbose = "\n".join(report.lines(verbose=True))
+    assert "beta: left run gone3: no run folder here, and its engine does not say how old" in verbose
     assert "beta: left run gone4: no run folder here, but its newest resource is 60s old" in verbose
     assert "beta: left run gone5: made by host other-runner" in verbose
     assert report.ok
@@ -323,6 +324,34 @@ def test_a_run_folder_without_a_record_is_reaped_on_every_registered_engine(
     engines["beta"].add("b", "oldharness")
     report = reaper.reap_dead_runs(state, grace_s=HOUR)
     assert {"alpha: removed a", "beta: removed b", "removed run oldharness"} <= set(report.removed)
+
+
+def test_a_used_column_without_its_adapter_here_keeps_the_run_folder_and_says_so(
+    engines: dict[str, Store],
+    state: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run used a third-party column whose adapter this gc cannot load: nothing may be
+    declared gone, so the folder stays for a gc that has the adapter. A column the run found
+    unavailable (it could have created nothing) does not hold the folder."""
+    run_dir = run_folder(state, "used", drivers=("alpha", "missing", "unloadable"))
+    (run_dir / "drivers").mkdir()
+    (run_dir / "drivers" / "missing.json").write_text('{"available": true}')
+    (run_dir / "drivers" / "unloadable.json").write_text('{"available": false}')
+    engines["alpha"].add("a1", "used")
+
+    def create(name: str, ctx: AdapterContext) -> StoreAdapter:
+        if name not in engines:
+            raise UnknownDriver(f"driver {name!r} could not be loaded: No module named 'x'")
+        return StoreAdapter(ctx, name)
+
+    monkeypatch.setattr(reaper, "create_adapter", create)
+    rc, out, err = gc_cli(state, capsys)
+    assert rc == 0, err
+    assert "run used kept: its column missing has no adapter here" in out
+    assert "unloadable" not in out and "alpha: removed a1" in out
+    assert run_dir.exists() and "removed run used" not in out
 
 
 def test_the_record_keeps_the_options_and_columns_the_run_was_given(tmp_path: Path) -> None:
