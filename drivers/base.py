@@ -11,12 +11,11 @@ from __future__ import annotations
 import abc
 import re
 import secrets
-import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from gpuconform.drivers.errors import (
     Deadline,
@@ -27,29 +26,57 @@ from gpuconform.drivers.errors import (
     RequestRejected,
 )
 from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_PCI, GpuRecord, Inventory
+from gpuconform.drivers.labels import (
+    LABEL_CASE,
+    LABEL_HOST,
+    LABEL_OWNER,
+    LABEL_PREFIX,
+    LABEL_RUN,
+    LABEL_WORKER,
+    LabelledRun,
+    host_label,
+    merge_runs,
+)
 from gpuconform.drivers.leases import GpuLeases, Lease
+from gpuconform.drivers.profile import Availability, Expectation, OptionKind, OptionSpec, Profile
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection, select_gpus
 from gpuconform.drivers.simulated import SimulatedHost
 
-LABEL_PREFIX = "dev.gpuconform"
-LABEL_RUN = f"{LABEL_PREFIX}.run"
-LABEL_WORKER = f"{LABEL_PREFIX}.worker"
-LABEL_CASE = f"{LABEL_PREFIX}.case"
-LABEL_OWNER = f"{LABEL_PREFIX}.owner"
-LABEL_HOST = f"{LABEL_PREFIX}.host"
 PUT_FILE_TIMEOUT_S = 60.0
 # Where the harness copies files into a sandbox (probe scripts); every sandbox accepts put_file
 # there (the bare host maps it to a private directory).
 SANDBOX_SCRATCH = "/tmp/gpuconform"
 
-__all__ = [  # the errors and the deadline live in drivers.errors; importable from here as before
+__all__ = [  # the contract's values live in drivers.errors, .labels and .profile; importable from here
+    "LABEL_CASE",
+    "LABEL_HOST",
+    "LABEL_OWNER",
+    "LABEL_PREFIX",
+    "LABEL_RUN",
+    "LABEL_WORKER",
+    "PUT_FILE_TIMEOUT_S",
+    "SANDBOX_SCRATCH",
+    "Adapter",
+    "AdapterContext",
+    "Availability",
     "Deadline",
     "DeadlineExceeded",
     "DriverUnavailable",
+    "ExecResult",
+    "Expectation",
     "HarnessError",
     "InfrastructureError",
+    "LabelledRun",
+    "Launch",
+    "OptionKind",
+    "OptionSpec",
+    "Profile",
     "RequestRejected",
+    "Sandbox",
+    "host_label",
+    "merge_runs",
+    "put_file_argv",
 ]
 
 
@@ -85,48 +112,6 @@ def _trim(text: str, limit: int) -> str:
     return text[:limit] + f"\n...[trimmed {len(text) - limit} of {len(text)} chars]"
 
 
-Expectation = Literal["supported", "reject", "unsupported"]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What a driver declares: per case id (or ``family.*``), supported / must reject / out of scope.
-
-    Cases not named are ``supported``. ``exclusive`` says whether concurrent default requests
-    must get disjoint GPUs; ``oversubscribe`` what a request beyond the free GPUs does
-    (``reject`` or ``shared``).
-    """
-
-    driver: str
-    cases: Mapping[str, Expectation] = field(default_factory=dict)
-    exclusive: bool = True
-    oversubscribe: Literal["reject", "shared"] = "reject"
-    notes: str = ""
-
-    def expect(self, case_id: str, default: Expectation = "supported") -> Expectation:
-        """What the profile declares for ``case_id``: the case itself, else its ``family.*``, else
-        ``default`` (the catalogue's expectation for a case a profile does not name)."""
-        if case_id in self.cases:
-            return self.cases[case_id]
-        return self.cases.get(case_id.split(".", 1)[0] + ".*", default)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "driver": self.driver,
-            "cases": dict(sorted(self.cases.items())),
-            "exclusive": self.exclusive,
-            "oversubscribe": self.oversubscribe,
-            "notes": self.notes,
-        }
-
-
-@dataclass(frozen=True)
-class Availability:
-    ok: bool
-    reason: str = ""
-    versions: Mapping[str, str] = field(default_factory=dict)
-
-
 @dataclass
 class AdapterContext:
     """What an adapter is handed: the ground truth, the leases, the run's labels and options,
@@ -147,73 +132,6 @@ class AdapterContext:
     def labels(self) -> dict[str, str]:
         labels = {LABEL_RUN: self.run_id, LABEL_WORKER: self.worker}
         return {**labels, LABEL_HOST: self.host} if self.host else labels
-
-
-def host_label() -> str:
-    """This machine's name as a label value (Kubernetes-safe: [A-Za-z0-9._-], <= 63 chars), so a
-    run's resources on an engine shared by several hosts say whose they are."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname())[:63].strip("-._") or "host"
-
-
-@dataclass(frozen=True)
-class LabelledRun:
-    """A run id found on an engine's resources, with the host label they carry ("" on resources
-    made before the host label existed) and when its newest one was created (epoch seconds; 0.0
-    when the engine does not say)."""
-
-    run_id: str
-    host: str = ""
-    created: float = 0.0
-
-
-def merge_runs(found: Iterable[tuple[Mapping[str, str], float]]) -> list[LabelledRun]:
-    """One LabelledRun per (run, host) from resources' (labels, created) pairs, newest time kept."""
-    runs: dict[tuple[str, str], float] = {}
-    for labels, created in found:
-        run_id = labels.get(LABEL_RUN, "")
-        if run_id:
-            key = (run_id, labels.get(LABEL_HOST, ""))
-            runs[key] = max(runs.get(key, 0.0), created)
-    return [LabelledRun(run_id, host, created) for (run_id, host), created in sorted(runs.items())]
-
-
-OptionKind = Literal["text", "path", "int", "seconds", "flag", "choice"]
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One ``--driver-opt KEY=VALUE`` an adapter reads, declared by the adapter itself.
-
-    The front door (fixtures/preflight.py) checks every given option against the declarations
-    of the adapters that could read it, so a misspelt key or a value out of range stops the run
-    before anything starts, for a third-party adapter exactly as for a built-in one.
-    ``removed`` declares a key that is no longer read, with what to do instead.
-    """
-
-    help: str = ""
-    kind: OptionKind = "text"
-    choices: tuple[str, ...] = ()
-    removed: str = ""
-
-    def problem(self, value: str) -> str | None:
-        """Why ``value`` cannot be used, or None when it can."""
-        if self.removed:
-            return f"is no longer read: {self.removed}"
-        if self.kind == "choice" or self.choices:
-            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
-        if self.kind == "int":
-            return None if value.strip().isdigit() and int(value) > 0 else "must be a whole number > 0"
-        if self.kind == "seconds":
-            try:
-                ok = float(value) > 0
-            except ValueError:
-                ok = False
-            return None if ok else "must be a number of seconds > 0"
-        if self.kind == "flag":
-            return None if value in ("0", "1") else "must be 0 or 1"
-        if self.kind == "path":
-            return None if value.strip() else "must be a path"
-        return None
 
 
 @dataclass(frozen=True)
