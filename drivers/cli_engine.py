@@ -124,6 +124,10 @@ class CliEngineAdapter(Adapter):
             argv += ["--device", device_id]
         for key, value in launch.env.items():
             argv += ["--env", f"{key}={value}"]
+        if self.ctx.options.get(f"{self.name}.privileged") == "1":
+            # A privileged sandbox gets every host device node: what the GPU cases must catch (the
+            # option exists to prove they do; failure class 2 of research/failure-classes.md).
+            argv.append("--privileged")
         result = self.cli([*argv, launch.image, *KEEPALIVE], timeout=launch.deadline.cap(120))
         if not result.ok:
             self.remove(launch.name)

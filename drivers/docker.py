@@ -129,6 +129,7 @@ class DockerAdapter(Adapter):
             "timeout": OptionSpec("seconds for one Engine API call", "seconds"),
             "legacy_hook": OptionSpec("path of nvidia-container-runtime-hook", "path"),
             "gpu_path": OptionSpec(removed="the column fixes the path: run docker-cdi or docker-legacy"),
+            "privileged": OptionSpec("1: run every sandbox privileged (the GPU cases must fail)", "flag"),
         }.items()
     }
     id_scheme = SCHEME_CDI
@@ -294,6 +295,8 @@ class DockerAdapter(Adapter):
                     labels=dict(launch.labels),
                     network="none",  # sandboxes need no network; keeps testcontainers from guessing one
                     device_requests=wire.device_requests(self.gpu_path, ids),
+                    # every host device node: what the GPU cases must catch (failure class 2)
+                    privileged=wire.column_option(self.ctx.options, self.name, "privileged") == "1",
                 )
             )
             container.start()

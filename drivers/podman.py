@@ -21,6 +21,9 @@ class PodmanAdapter(CliEngineAdapter):
     OPTIONS = {
         "podman.binary": OptionSpec("the podman executable", "path"),
         "cdi.dirs": OptionSpec("comma-separated CDI spec directories podman resolves names from"),
+        "podman.privileged": OptionSpec(
+            "1: run every sandbox --privileged (the GPU cases must fail)", "flag"
+        ),
     }
     rejection_markers = ("unresolvable CDI devices", "failed to inject devices", "unknown CDI device")
     remove_args = ("rm", "-f", "-t", "0")
