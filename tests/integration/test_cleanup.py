@@ -6,6 +6,7 @@ Engine 26 daemon: its process, its containers, its containerd shims and its data
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -240,3 +241,56 @@ def test_gc_sweeps_a_container_whose_run_folder_is_gone_but_not_another_hosts(im
             ["podman", "rm", "-f", "-t", "0", "--ignore", *names.values()], capture_output=True, timeout=120
         )
     assert podman_containers(f"dev.gpuconform.run={theirs}") == [], "the test's own cleanup failed"
+
+
+def _bindings(state_file: Path) -> list[str]:
+    try:
+        return [str(b["gpu"]) for b in json.loads(state_file.read_text())["bindings"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def test_sigkill_of_a_qemu_run_with_its_own_vfio_state_path_then_gc_gives_the_gpu_back(
+    tmp_path: Path,
+) -> None:
+    """The run keeps its VFIO record at ``--driver-opt qemu.vfio_state=...`` (outside its run
+    directory) and is killed holding a GPU on vfio-pci: gc learns the path from the run's record
+    (run.json) and gives the GPU back to its driver."""
+    run_id = "cleanupvfio" + secrets.token_hex(3)
+    state_file = tmp_path / "own-state" / "bindings.json"
+    argv = conformance_argv(
+        tmp_path / "out", "--drivers", "qemu", "--require-driver", "qemu", "--sim", "h100x2",
+        "-k", "smi.default", "--driver-opt", f"qemu.vfio_state={state_file}",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, env={**os.environ, "GPUCONFORM_RUN_ID": run_id},
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 300
+        while not _bindings(state_file):
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"the run ended before binding a GPU: {proc.stdout.read() if proc.stdout else ''}"
+                )
+            assert time.monotonic() < end, "no VFIO binding was recorded within 300 s"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    bound = _bindings(state_file)
+    assert bound, "the binding went before the kill: the test proves nothing"
+    gc = subprocess.run(
+        [sys.executable, "-m", "gpuconform.conformance.cli", "gc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert gc.returncode == 0, gc.stderr
+    for bdf in bound:
+        assert any("restored" in line and f"{bdf} -> nvidia" in line for line in gc.stdout.splitlines()), (
+            gc.stdout
+        )
+    assert _bindings(state_file) == [], gc.stdout

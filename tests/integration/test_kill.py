@@ -68,10 +68,11 @@ def leftovers(run_id: str) -> list[str]:
     return left
 
 
-def vfio_bindings(run_id: str) -> list[str]:
-    """GPU bus ids the run's qemu column holds on vfio-pci in its fake sysfs (from its state file)."""
+def vfio_bindings(run_id: str, *elsewhere: Path) -> list[str]:
+    """GPU bus ids the run's qemu column holds on vfio-pci in its fake sysfs (from its state file,
+    in the run directory or at the ``qemu.vfio_state`` paths ``elsewhere``)."""
     found = []
-    for path in (STATE_BASE / "runs" / run_id).glob("**/vfio-bindings.json"):
+    for path in [*(STATE_BASE / "runs" / run_id).glob("**/vfio-bindings.json"), *elsewhere]:
         try:
             found += [str(b["gpu"]) for b in json.loads(path.read_text())["bindings"]]
         except (OSError, ValueError, KeyError, TypeError):
@@ -106,10 +107,14 @@ def test_sigkill_at_random_moments_then_gc_leaves_nothing(tmp_path: Path) -> Non
     for round_no, (column, selection) in enumerate(ROUNDS):
         run_id = f"kill{round_no}{secrets.token_hex(3)}"
         after = rng.uniform(2, 20)
+        # The qemu rounds keep their VFIO record where the run's own option says, outside the run
+        # directory: gc finds it only through the options the run recorded (run.json).
+        state_file = tmp_path / "vfio" / f"{run_id}.json"
+        own = ["--driver-opt", f"qemu.vfio_state={state_file}"] if column.startswith("qemu") else []
         argv = [
             sys.executable, "-m", "gpuconform.conformance.cli",
             "run", "--drivers", column, "--require-driver", column,
-            "-n", "2" if round_no % 2 else "0", "-k", selection, "--out", str(out),
+            "-n", "2" if round_no % 2 else "0", "-k", selection, "--out", str(out), *own,
             "--", "--lease-dir", str(tmp_path / "leases"),
         ]  # fmt: skip
         proc = subprocess.Popen(
@@ -126,7 +131,7 @@ def test_sigkill_at_random_moments_then_gc_leaves_nothing(tmp_path: Path) -> Non
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         held = leftovers(run_id)
-        bound = vfio_bindings(run_id)
+        bound = vfio_bindings(run_id, state_file)
         held += [f"VFIO binding {bdf}" for bdf in bound]
         gc = subprocess.run(
             [sys.executable, "-m", "gpuconform.conformance.cli", "gc"],
@@ -134,6 +139,9 @@ def test_sigkill_at_random_moments_then_gc_leaves_nothing(tmp_path: Path) -> Non
         )  # fmt: skip
         assert gc.returncode == 0, gc.stderr
         left = _settled_leftovers(run_id)
+        left += [
+            f"VFIO binding {bdf} still recorded in {state_file}" for bdf in vfio_bindings(run_id, state_file)
+        ]
         report.append(f"{column} killed at {after:.1f}s{' (had finished)' if finished else ''}: "
                       f"{len(held)} things held ({len(bound)} VFIO bindings), {len(left)} left")  # fmt: skip
         print(report[-1], flush=True)
