@@ -50,6 +50,7 @@ from gpuconform.drivers.qemu_vfio import VfioSite, vfio_sites
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection
 from gpuconform.drivers.ssh import SshError, SshSession, generate_keys
+from gpuconform.drivers.vfio_state import pid_alive
 from gpuconform.fixtures.build.guestimage import GuestImage
 
 IMAGE_ENV = {"busybox-envall": {"NVIDIA_VISIBLE_DEVICES": "all"}}  # what that image kind bakes in
@@ -407,11 +408,14 @@ class QemuAdapter(Adapter):
         return found
 
     def labelled_runs(self) -> list[LabelledRun]:
-        """Runs with VM directories, QEMU processes or VFIO bindings here (all of this host's)."""
-        here, found = host_label(), []
+        """Runs with VM directories, QEMU processes or VFIO bindings here (all of this host's),
+        less those with a VM or binding whose owner process is alive (a run that still works)."""
+        here, found, live = host_label(), [], set()
         base = self.vm_base("-").parent
         for run_dir in sorted(base.iterdir()) if base.is_dir() else ():
             found.append(({LABEL_RUN: run_dir.name, LABEL_HOST: here}, run_dir.stat().st_mtime))
+            if any(pid_alive(_owner_pid(owner)) for owner in run_dir.glob("*/owner.json")):
+                live.add(run_dir.name)
         runs = {run.run_id for run in merge_runs(found)}
         for pid, name in vm.vm_processes(vm.NAME_PREFIX).items():
             run_id = next((r for r in runs if name.startswith(f"{vm.NAME_PREFIX}{r}-")), "")
@@ -419,8 +423,11 @@ class QemuAdapter(Adapter):
                 run_id = name.removeprefix(vm.NAME_PREFIX).rsplit("-", 1)[0]
             found.append(({LABEL_RUN: run_id, LABEL_HOST: here}, _started(pid)))
         for site in vfio_sites(self.ctx, create=False):
-            found += [({LABEL_RUN: b.run_id, LABEL_HOST: here}, b.created) for b in site.state.entries()]
-        return merge_runs(found)
+            for b in site.state.entries():
+                found.append(({LABEL_RUN: b.run_id, LABEL_HOST: here}, b.created))
+                if pid_alive(b.pid):
+                    live.add(b.run_id)
+        return [run for run in merge_runs(found) if run.run_id not in live]
 
     def reconcile(self) -> list[str]:
         """Give back the GPUs of bindings whose process died (a SIGKILLed run)."""
@@ -438,6 +445,13 @@ class QemuAdapter(Adapter):
             shutil.rmtree(base, ignore_errors=True)
             removed.append(f"VM directories under {base}")
         return removed + self.reconcile()
+
+
+def _owner_pid(owner: Path) -> int:
+    try:
+        return int(json.loads(owner.read_text()).get("pid") or 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _started(pid: int) -> float:

@@ -9,6 +9,7 @@ bindings are made on the fake sysfs, through the adapter's own site.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -112,3 +113,15 @@ def test_a_binding_another_vm_of_the_run_holds_is_not_a_leftover(adapter: QemuAd
         assert adapter.leftovers(MINE) == []
     finally:
         site.release(binding)
+
+
+def test_labelled_runs_names_a_dead_runs_vms_but_never_a_live_owners(adapter: QemuAdapter) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=10)
+    path = _vm_dir(adapter, f"{vm.NAME_PREFIX}{RUN}-aa", MINE, ["0000:18:00.0"])
+    owner = json.loads((path / "owner.json").read_text())
+    (path / "owner.json").write_text(json.dumps({**owner, "pid": dead.pid}))
+    (run,) = [r for r in adapter.labelled_runs() if r.run_id == RUN]  # (other VMs on this machine)
+    assert run.created > 0  # a real time: a sweep's grace period applies
+    (path / "owner.json").write_text(json.dumps({**owner, "pid": os.getpid()}))
+    assert RUN not in {r.run_id for r in adapter.labelled_runs()}  # its owner still runs
