@@ -14,11 +14,14 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+import gpuconform.fixtures.gccalls as gccalls
 import gpuconform.fixtures.reaper as reaper
+import gpuconform.fixtures.sweep as sweep
 from gpuconform.conformance import cli
 from gpuconform.drivers.base import (
     AdapterContext,
@@ -99,8 +102,8 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Store]]:
     def create(name: str, ctx: AdapterContext) -> StoreAdapter:
         return StoreAdapter(ctx, name)
 
-    monkeypatch.setattr(reaper, "create_adapter", create)
-    monkeypatch.setattr(reaper, "registered_drivers", lambda: sorted(STORES))
+    monkeypatch.setattr(gccalls, "create_adapter", create)
+    monkeypatch.setattr(gccalls, "registered_drivers", lambda: sorted(STORES))
     monkeypatch.setattr(reaper, "_orphan_environments", reaper.GcReport)
     yield STORES
     STORES.clear()
@@ -260,6 +263,18 @@ def test_runs_without_a_folder_go_after_the_grace_unless_another_host_made_them(
     assert report.ok
 
 
+def test_a_run_with_any_resource_of_unknown_age_or_of_another_host_stays(
+    engines: dict[str, Store], state: Path
+) -> None:
+    now = time.time()
+    engines["alpha"].add("old", "mixed", "", now - 2 * HOUR)
+    engines["alpha"].add("ageless", "mixed", "", 0.0)
+    engines["alpha"].add("ours", "shared", host_label(), now - 2 * HOUR)
+    engines["alpha"].add("theirs", "shared", "other-runner", now - 2 * HOUR)
+    reaper.reap_dead_runs(state, grace_s=HOUR, now=now)
+    assert set(engines["alpha"].resources) == {"old", "ageless", "ours", "theirs"}
+
+
 def test_a_live_run_of_another_state_base_is_not_swept(
     engines: dict[str, Store], state: Path, tmp_path: Path
 ) -> None:
@@ -346,7 +361,7 @@ def test_a_used_column_without_its_adapter_here_keeps_the_run_folder_and_says_so
             raise UnknownDriver(f"driver {name!r} could not be loaded: No module named 'x'")
         return StoreAdapter(ctx, name)
 
-    monkeypatch.setattr(reaper, "create_adapter", create)
+    monkeypatch.setattr(gccalls, "create_adapter", create)
     rc, out, err = gc_cli(state, capsys)
     assert rc == 0, err
     assert "run used kept: its column missing has no adapter here" in out
@@ -368,10 +383,11 @@ def test_the_record_keeps_the_options_and_columns_the_run_was_given(tmp_path: Pa
 # -- every adapter, named by nobody -------------------------------------------------------------
 
 
-def test_reaper_names_no_driver() -> None:
-    source = Path(reaper.__file__).read_text()
+@pytest.mark.parametrize("module", [reaper, gccalls, sweep], ids=lambda m: m.__name__)
+def test_gc_names_no_driver(module: ModuleType) -> None:
+    source = Path(str(module.__file__)).read_text()
     named = [d for d in (*BUILTIN, *ALIASES) if re.search(rf"[\"']{re.escape(d)}[\"'.]", source)]
-    assert named == [], f"fixtures/reaper.py names drivers: {named}"
+    assert named == [], f"{module.__name__} names drivers: {named}"
 
 
 def test_an_entry_point_adapter_of_a_dead_run_is_collected(
@@ -395,12 +411,12 @@ def test_an_entry_point_adapter_of_a_dead_run_is_collected(
     STORES.clear()
     STORES["unitstore"] = Store()
     STORES["unitstore"].add("left-1", "epdead")
-    assert "unitstore" in reaper.registered_drivers()
+    assert "unitstore" in gccalls.registered_drivers()
     builtin = set(BUILTIN) | set(ALIASES)
-    real_registered = reaper.registered_drivers
+    real_registered = gccalls.registered_drivers
     # the sweep would otherwise ask this machine's real engines too
     monkeypatch.setattr(
-        reaper, "registered_drivers", lambda: [d for d in real_registered() if d not in builtin]
+        gccalls, "registered_drivers", lambda: [d for d in real_registered() if d not in builtin]
     )
     monkeypatch.setattr(reaper, "_orphan_environments", reaper.GcReport)
     state = tmp_path / "state"
@@ -427,7 +443,7 @@ def test_gc_gives_back_a_binding_kept_at_a_dead_runs_custom_paths(
     from gpuconform.drivers.base import Deadline
     from gpuconform.fixtures.sim.fakesysfs import FakeKernel, FakeSysfs
 
-    monkeypatch.setattr(reaper, "registered_drivers", lambda: [])  # no sweep of this machine
+    monkeypatch.setattr(gccalls, "registered_drivers", lambda: [])  # no sweep of this machine
     monkeypatch.setattr(reaper, "_orphan_environments", reaper.GcReport)
     gpu = "0000:18:00.0"
     tree = FakeSysfs.for_gpus(tmp_path / "custom" / "sys", [gpu])
