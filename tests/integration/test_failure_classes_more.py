@@ -22,6 +22,8 @@ and leave the cells of the same column that it does not touch green.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -34,6 +36,9 @@ OTHERS = (
     "GPU-c6a58f69-0ece-52f3-80bf-33bcbcb1017b",
     "GPU-f1a33e9e-5036-56a1-9249-3f9815e3591b",
 )
+
+
+PODMAN_HOOK = Path("/usr/share/containers/oci/hooks.d/gpuconform-sim-privileged.json")
 
 
 def _run(conformance, driver: str, cases: str, *extra: str):  # type: ignore[no-untyped-def]
@@ -73,6 +78,8 @@ def test_double_injection_reaches_only_the_cdi_daemon(conformance, driver: str) 
 def test_privileged_sandboxes_fail_the_positive_cases_naming_the_extra_gpus(  # type: ignore[no-untyped-def]
     conformance, driver: str, none_verdict: str
 ) -> None:
+    if driver == "podman":
+        assert PODMAN_HOOK.is_file(), f"{PODMAN_HOOK} missing: run bash .ci/setup.d/45-sim-privileged-hook.sh"
     run = _run(
         conformance,
         driver,
