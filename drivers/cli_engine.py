@@ -25,6 +25,7 @@ from gpuconform.drivers.base import (
 )
 from gpuconform.drivers.errors import DriverUnavailable, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_CDI, Inventory, learnt_cdi_inventory
+from gpuconform.drivers.orphans import kill_orphans
 from gpuconform.drivers.subproc import run_command
 
 KEEPALIVE = ("sleep", "2147483647")
@@ -89,6 +90,7 @@ class CliEngineAdapter(Adapter):
         super().__init__(ctx)
         self.binary = ctx.options.get(f"{self.name}.binary") or self.default_binary or self.name
         self._learnt: Inventory | None = None
+        self._cdi_summary = ""
 
     def cli(self, args: Sequence[str], *, timeout: float, input_data: bytes | None = None) -> ExecResult:
         return run_command([self.binary, *args], timeout=timeout, input_data=input_data)
@@ -97,7 +99,8 @@ class CliEngineAdapter(Adapter):
     def id_inventory(self) -> Inventory:
         """The host's GPUs with the CDI names the specs give them (read once per adapter)."""
         if self._learnt is None:
-            self._learnt, self.versions["cdi"] = learnt_cdi_inventory(self.ctx.inventory, self.ctx.options)
+            self._learnt, self._cdi_summary = learnt_cdi_inventory(self.ctx.inventory, self.ctx.options)
+        self.versions["cdi"] = self._cdi_summary  # kept when ``available`` sets the versions anew
         return self._learnt
 
     def all_ids(self) -> list[str] | None:
@@ -112,7 +115,7 @@ class CliEngineAdapter(Adapter):
             return ""
         return (
             f"no CDI spec of kind {learnt.cdi_kind} names a GPU of this host "
-            f"({self.versions.get('cdi', '?')}) (hint: {CDI_HINT})"
+            f"({self.versions['cdi']}) (hint: {CDI_HINT})"
         )
 
     # -- containers -----------------------------------------------------------------------------
@@ -174,4 +177,8 @@ class CliEngineAdapter(Adapter):
         names = self.labelled({LABEL_RUN: run_id or ""})
         for name in names:
             self.remove(name)
+        if run_id:
+            # A `run` killed half-way can leave its monitor (podman's conmon) and the container's
+            # init process behind with no container in the store for `rm` to find.
+            names += [f"{what} (killed)" for what in kill_orphans(f"gpuconform-{run_id}-")]
         return names

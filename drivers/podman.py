@@ -2,8 +2,7 @@
 
 Podman resolves CDI names itself (``--device nvidia.com/gpu=1``) from /etc/cdi and /var/run/cdi.
 The CLI verbs, labels, leftovers and gc are drivers.cli_engine's; this module says what is
-Podman's own: its versions, the texts with which it refuses devices, and the processes a killed
-``podman run`` leaves behind.
+Podman's own: its versions, the texts with which it refuses devices, and its images.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import json
 
 from gpuconform.drivers.base import Availability, Deadline, OptionSpec, Profile
 from gpuconform.drivers.cli_engine import CliEngineAdapter
-from gpuconform.drivers.orphans import kill_orphans
 from gpuconform.fixtures.build.images import ensure_image
 
 
@@ -65,11 +63,3 @@ class PodmanAdapter(CliEngineAdapter):
 
     def local_image(self, kind: str, deadline: Deadline) -> str:
         return ensure_image("podman", kind, deadline=deadline)
-
-    def gc(self, run_id: str | None = None) -> list[str]:
-        names = super().gc(run_id)
-        if run_id:
-            # A `podman run` killed half-way can leave conmon and the container's init process
-            # behind with no container in podman's store for `rm` to find.
-            names += [f"{what} (killed)" for what in kill_orphans(f"gpuconform-{run_id}-")]
-        return names
