@@ -13,18 +13,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gpuconform.drivers.base import (
-    LABEL_RUN,
-    Adapter,
-    AdapterContext,
-    ExecResult,
-    LabelledRun,
-    Launch,
-    Sandbox,
-    merge_runs,
-)
+from gpuconform.drivers.base import Adapter, AdapterContext, ExecResult, Launch, Sandbox
 from gpuconform.drivers.errors import DriverUnavailable, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_CDI, Inventory, learnt_cdi_inventory
+from gpuconform.drivers.labels import LABEL_RUN, LabelledRun, merge_runs
 from gpuconform.drivers.orphans import kill_orphans
 from gpuconform.drivers.subproc import run_command
 

@@ -28,22 +28,12 @@ import docker.errors
 import requests
 
 from gpuconform.drivers import docker_payload as wire
-from gpuconform.drivers.base import (
-    LABEL_RUN,
-    Adapter,
-    AdapterContext,
-    Availability,
-    ExecResult,
-    LabelledRun,
-    Launch,
-    OptionSpec,
-    Profile,
-    Sandbox,
-    merge_runs,
-)
+from gpuconform.drivers.base import Adapter, AdapterContext, ExecResult, Launch, Sandbox
 from gpuconform.drivers.docker_payload import one_line
 from gpuconform.drivers.errors import Deadline, DriverUnavailable, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_CDI, SCHEME_LEGACY, Inventory, learnt_cdi_inventory
+from gpuconform.drivers.labels import LABEL_RUN, LabelledRun, merge_runs
+from gpuconform.drivers.profile import Availability, OptionSpec, Profile
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection, select_gpus
 from gpuconform.fixtures.build.images import ensure_image

@@ -21,22 +21,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gpuconform.drivers.base import (
-    LABEL_RUN,
-    SANDBOX_SCRATCH,
-    Adapter,
-    Availability,
-    ExecResult,
-    Expectation,
-    LabelledRun,
-    Launch,
-    OptionSpec,
-    Profile,
-    Sandbox,
-    merge_runs,
-)
+from gpuconform.drivers.base import SANDBOX_SCRATCH, Adapter, ExecResult, Launch, Sandbox
 from gpuconform.drivers.errors import Deadline, InfrastructureError
 from gpuconform.drivers.inventory import SCHEME_HOST
+from gpuconform.drivers.labels import LABEL_RUN, LabelledRun, merge_runs
+from gpuconform.drivers.profile import Availability, Expectation, OptionSpec, Profile
 from gpuconform.drivers.subproc import run_command
 
 NOT_ISOLATED: Expectation = "unsupported"

@@ -13,11 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gpuconform.drivers.base import (
-    ExecResult,
-    Launch,
-    Sandbox,
-)
+from gpuconform.drivers.base import ExecResult, Launch, Sandbox
 from gpuconform.drivers.errors import (
     Deadline,
     DeadlineExceeded,

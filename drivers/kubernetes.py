@@ -23,19 +23,7 @@ from typing import Any
 
 from gpuconform.drivers import kube_cluster as cluster
 from gpuconform.drivers import kube_truth as truth
-from gpuconform.drivers.base import (
-    LABEL_CASE,
-    LABEL_OWNER,
-    LABEL_RUN,
-    Adapter,
-    AdapterContext,
-    Availability,
-    LabelledRun,
-    Launch,
-    OptionSpec,
-    Profile,
-    merge_runs,
-)
+from gpuconform.drivers.base import Adapter, AdapterContext, Launch
 from gpuconform.drivers.errors import (
     Deadline,
     DriverUnavailable,
@@ -55,7 +43,9 @@ from gpuconform.drivers.kube_pods import (
     run_namespace,
     wait_running,
 )
+from gpuconform.drivers.labels import LABEL_CASE, LABEL_OWNER, LABEL_RUN, LabelledRun, merge_runs
 from gpuconform.drivers.leases import Lease
+from gpuconform.drivers.profile import Availability, OptionSpec, Profile
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection
 from gpuconform.fixtures.build.images import ensure_image, image_ref

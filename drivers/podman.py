@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 
-from gpuconform.drivers.base import Availability, Deadline, OptionSpec, Profile
+from gpuconform.drivers.base import Deadline
 from gpuconform.drivers.cli_engine import CliEngineAdapter
+from gpuconform.drivers.profile import Availability, OptionSpec, Profile
 from gpuconform.fixtures.build.images import ensure_image
 
 

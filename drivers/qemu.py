@@ -27,25 +27,12 @@ from pathlib import Path
 from gpuconform.drivers import pci_bars, vfio
 from gpuconform.drivers import qemu_guest as guest
 from gpuconform.drivers import qemu_vm as vm
-from gpuconform.drivers.base import (
-    LABEL_HOST,
-    LABEL_RUN,
-    Adapter,
-    AdapterContext,
-    Availability,
-    ExecResult,
-    Expectation,
-    LabelledRun,
-    Launch,
-    OptionSpec,
-    Profile,
-    Sandbox,
-    host_label,
-    merge_runs,
-)
+from gpuconform.drivers.base import Adapter, AdapterContext, ExecResult, Launch, Sandbox
 from gpuconform.drivers.errors import Deadline, HarnessError, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import SCHEME_PCI, GpuRecord, InventoryError, normalise_pci_bus_id
+from gpuconform.drivers.labels import LABEL_HOST, LABEL_RUN, LabelledRun, host_label, merge_runs
 from gpuconform.drivers.leases import Lease
+from gpuconform.drivers.profile import Availability, Expectation, OptionSpec, Profile
 from gpuconform.drivers.qemu_vfio import VfioSite, vfio_sites
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.drivers.selection import Selection
