@@ -102,7 +102,7 @@ def column(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Col
     run_id = "ep" + secrets.token_hex(4)
     argv = ["run", "--drivers", "podman,podctl", "--require-driver", "podctl", "--out", str(base / "out")]
     # A private lease directory: other runs on this machine simulate GPUs with the same UUIDs.
-    argv += ["--", "--lease-dir", str(base / "leases")]
+    argv += ["--lease-dir", str(base / "leases")]
     proc = _cli(*argv, timeout=1200, GPUCONFORM_RUN_ID=run_id)
     yield Column(base / "out", run_id, proc)
     for name in podctl_containers(f"{LABEL_RUN}={run_id}"):

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from gpuconform.drivers.base import AdapterContext, Availability, Deadline, ExecResult, OptionSpec, Profile
 from gpuconform.drivers.cli_engine import CliEngineAdapter
-from gpuconform.drivers.orphans import kill_orphans
 from gpuconform.fixtures.build.images import ensure_image
 
 STORE = "/var/lib/gpuconform-podctl"
@@ -68,9 +67,3 @@ class PodctlAdapter(CliEngineAdapter):
     def local_image(self, kind: str, deadline: Deadline) -> str:
         """The harness's local image, built into podman's default store (podctl reads it there)."""
         return ensure_image("podman", kind, deadline=deadline)
-
-    def gc(self, run_id: str | None = None) -> list[str]:
-        names = super().gc(run_id)
-        if run_id:  # conmon monitors a killed `podman run` left without a container to remove
-            names += [f"{what} (killed)" for what in kill_orphans(f"gpuconform-{run_id}-")]
-        return names
