@@ -15,7 +15,7 @@ from __future__ import annotations
 from gpuconform.conformance.catalogue import case
 from gpuconform.conformance.observe import expect_nodes_of, list_gpus
 from gpuconform.drivers.base import Sandbox
-from gpuconform.drivers.inventory import Inventory, MigRecord
+from gpuconform.drivers.inventory import MigRecord
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.fixtures.cell import Cell
 from gpuconform.workloads.nvidia_smi import ListedGpu
@@ -26,17 +26,11 @@ NO_MIG = (
 )
 
 
-def _id_inventory(cell: Cell) -> Inventory:
-    """The host under the adapter's own native ids (CDI names learnt from the specs, where it
-    learns them), so a MIG device is asked for by a name the engine knows."""
-    getter = getattr(cell.adapter, "id_inventory", None)
-    learnt = getter() if callable(getter) else None
-    return learnt if isinstance(learnt, Inventory) else cell.inventory
-
-
 def _mig_ids(cell: Cell, mig: MigRecord) -> list[str]:
-    named = _id_inventory(cell).mig_by_uuid(mig.uuid)
-    return list((named or mig).ids(cell.adapter.id_scheme))
+    """The MIG device's ids under the driver's own native ids (CDI names learnt from the specs,
+    where it learns them), so it is asked for by a name the engine knows."""
+    named = cell.id_inventory().mig_by_uuid(mig.uuid)
+    return list((named or mig).ids(cell.id_scheme))
 
 
 def _label(mig: MigRecord) -> str:
@@ -97,7 +91,7 @@ def test_mig_each(cell: Cell) -> None:
         ids = _mig_ids(cell, mig)
         if not ids:
             cell.fail(
-                f"{cell.driver} has no {cell.adapter.id_scheme} id for {_label(mig)} ({mig.uuid}): "
+                f"{cell.driver} has no {cell.id_scheme} id for {_label(mig)} ({mig.uuid}): "
                 "its configuration (CDI spec, device plugin) does not name the MIG device"
             )
         if cell.expectation == "reject":
@@ -133,7 +127,7 @@ def test_mig_parent(cell: Cell) -> None:
         cell.skip(NO_MIG)
     visible: dict[int, int] = {}
     for gpu in parents:
-        ids = cell.adapter.native_ids(gpu)
+        ids = cell.native_ids(gpu)
         if not ids:
             cell.fail(f"{cell.driver} has no id for MIG-enabled GPU {gpu.index} ({gpu.uuid})")
         if cell.expectation == "reject":
