@@ -143,7 +143,8 @@ def test_nothing_labelled_with_the_run_is_left(column: Column) -> None:
 
 def test_gc_reaps_a_dead_runs_leftover_in_podctls_store(image: str) -> None:
     """A dead run (its owner process is gone) that ran podctl: only podctl's gc can see the
-    container it left, so gc removes it only when the entry point is honoured."""
+    container it left, so gc removes it only when the entry point is honoured; without it, gc
+    keeps the run for later rather than forget it."""
     run_id = "epdead" + secrets.token_hex(3)
     dead = subprocess.Popen(["true"])
     dead.wait(timeout=10)
@@ -163,6 +164,10 @@ def test_gc_reaps_a_dead_runs_leftover_in_podctls_store(image: str) -> None:
         assert started.returncode == 0, started.stderr
         assert podctl_containers(label) == [name]
         assert not podman_containers(label), "podctl's store leaks into podman's: the test proves nothing"
+        # Without the adapter installed nothing can collect it: the run is kept for a later gc.
+        blind = _cli("gc", site=False)
+        assert podctl_containers(label) == [name], blind.stdout + blind.stderr
+        assert run_dir.exists() and f"run {run_id} kept" in blind.stdout, blind.stdout + blind.stderr
         gc = _cli("gc")
         assert gc.returncode == 0, gc.stdout + gc.stderr
         assert not podctl_containers(label), gc.stdout
