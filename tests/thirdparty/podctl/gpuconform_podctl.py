@@ -54,8 +54,10 @@ class PodctlAdapter(CliEngineAdapter):
     def available(self) -> Availability:
         result = self.cli(["version", "--format", "json"], timeout=15)
         if not result.ok:
-            lines = (result.stderr or "timed out").strip().splitlines()
-            return Availability(False, f"{self.binary} is not usable: {lines[-1] if lines else result}")
+            said = result.stderr.strip().splitlines() or [
+                f"exit {result.exit_code}, timed out {result.timed_out}"
+            ]
+            return Availability(False, f"{self.binary} is not usable: {said[-1]}")
         try:
             version = json.loads(result.stdout)["Client"]["Version"]
         except (ValueError, KeyError, TypeError):
