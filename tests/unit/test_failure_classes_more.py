@@ -187,8 +187,8 @@ def test_private_dockerd_defaults_to_the_simulated_runtime(
 ) -> None:
     daemon = _prepared(tmp_path, flavour, faults)
     config = json.loads((daemon.dir / "daemon.json").read_text())
-    assert config["default-runtime"] == "nvidia"
-    assert config["runtimes"] == {"nvidia": {"path": str(daemon.runtime_path)}}
+    assert config["default-runtime"] == "gpuconform-sim"
+    assert config["runtimes"] == {"gpuconform-sim": {"path": str(daemon.runtime_path)}}
     script = daemon.runtime_path.read_text()
     assert ("--legacy" in script) is legacy
     assert os.access(daemon.runtime_path, os.X_OK)
