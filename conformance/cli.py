@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="start, stop or inspect a simulated GPU host")
     sim.add_argument("action", choices=["up", "down", "status", "gc"])
-    sim.add_argument("--profile", default="h100x4", help="h100x4, a100x8, h100x2, single")
+    sim.add_argument("--profile", default="h100x4", help="h100x4, a100x8, h100x2, h100x8, single, mig")
     sim.add_argument("--name", default="gpu", help="instance name; its CDI kind is sim.gpuconform.dev/NAME")
     sim.add_argument("--fault", action="append", help="fault to inject (repeatable)")
     sim.add_argument("--cdi-dir", default="/var/run/cdi", help="where the CDI spec goes")

@@ -216,7 +216,7 @@ def legacy_ids(req: GpuRequest, inventory: Inventory) -> GpuRequest:
         if device_id in (inventory.cdi_all, LEGACY_ALL):
             mapped.append(LEGACY_ALL)
             continue
-        gpu = inventory.resolve(SCHEME_CDI, device_id)
+        gpu = inventory.resolve(SCHEME_CDI, device_id) or inventory.resolve_mig(SCHEME_CDI, device_id)
         if gpu is not None:
             cdi, legacy = gpu.ids(SCHEME_CDI), gpu.ids(SCHEME_LEGACY)
             position = cdi.index(device_id)
@@ -224,7 +224,10 @@ def legacy_ids(req: GpuRequest, inventory: Inventory) -> GpuRequest:
                 raise RequestRejected(f"GPU {gpu.uuid} has no legacy id in the inventory")
             mapped.append(legacy[position] if position < len(legacy) else legacy[0])
             continue
-        if inventory.resolve(SCHEME_LEGACY, device_id) is not None:
+        if (
+            inventory.resolve(SCHEME_LEGACY, device_id) is not None
+            or inventory.resolve_mig(SCHEME_LEGACY, device_id) is not None
+        ):
             mapped.append(device_id)
             continue
         raise RequestRejected(

@@ -313,8 +313,10 @@ class KubernetesAdapter(Adapter):
         GPUs, or a GPU the plugin never advertises, is invisible to it (compare with the node's own
         ``nvidia-smi`` where you can). Against the API double the run's simulated inventory is
         the truth by construction (``kubernetes.ground_truth=cluster`` probes there too)."""
+        # On a simulated MIG host the double advertises only the whole GPUs as nvidia.com/gpu (the
+        # device plugin's mixed strategy), so the cluster, not the host, is the truth there too.
         mode = self.ctx.options.get(OPT_GROUND_TRUTH) or (
-            "host" if self.ctx.inventory.simulated else "cluster"
+            "host" if self.ctx.inventory.simulated and not self.ctx.inventory.migs else "cluster"
         )
         if mode not in ("host", "cluster"):
             raise InfrastructureError(

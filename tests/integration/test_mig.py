@@ -13,12 +13,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 GOOD = {"pass", "rejected", "unsupported", "skip"}
-# docker-legacy refuses MIG ids until drivers/docker_payload.py's legacy_ids passes them through
-# (Inventory.resolve_mig); strict, so this marker must go when it does.
-LEGACY_PENDING = pytest.mark.xfail(
-    strict=True, reason="docker-legacy: legacy_ids does not yet map MIG ids (Inventory.resolve_mig)"
-)
-COLUMNS = ["podman", "docker-cdi", pytest.param("docker-legacy", marks=LEGACY_PENDING)]
+COLUMNS = ["podman", "docker-cdi", "docker-legacy"]
 CASES = "mig or device.each or smi.all"
 
 
