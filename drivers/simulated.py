@@ -43,6 +43,10 @@ class SimulatedHost(Protocol):
         """What GPU ``selector`` (its index) injects into a sandbox (nodes, mounts), faults
         applied; None when the simulated host has no such GPU."""
 
+    def reload_event(self) -> list[str]:
+        """The host's reload event (a systemd daemon-reload) as the simulated GPUs feel it: GPUs
+        marked revocable are lost to the sandboxes running now. Returns the UUIDs revoked."""
+
     def sysfs_tree(self, root: Path, bus_ids: Sequence[str] | None) -> bool:
         """Whether a fake sysfs tree exists at ``root``; with ``bus_ids`` it is built first
         (holding those GPUs) when missing."""
