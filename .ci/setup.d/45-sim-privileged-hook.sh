@@ -27,7 +27,7 @@ cat >"$wrapper.tmp" <<WRAPPER
 #!/bin/sh
 # Written by .ci/setup.d/45-sim-privileged-hook.sh: the simulated host's /dev for privileged containers.
 [ -f '$script' ] || exit 0
-exec '$python' '$script' privileged "\$@"
+exec '$python' -I -S '$script' privileged "\$@"
 WRAPPER
 chmod 0755 "$wrapper.tmp"
 mv -f "$wrapper.tmp" "$wrapper"
