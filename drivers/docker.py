@@ -28,6 +28,7 @@ import docker.errors
 import requests
 
 from gpuconform.drivers import docker_payload as wire
+from gpuconform.drivers import reload
 from gpuconform.drivers.base import Adapter, AdapterContext, ExecResult, Launch, Sandbox
 from gpuconform.drivers.docker_payload import one_line
 from gpuconform.drivers.errors import Deadline, DriverUnavailable, InfrastructureError, RequestRejected
@@ -120,6 +121,7 @@ class DockerAdapter(Adapter):
             "legacy_hook": OptionSpec("path of nvidia-container-runtime-hook", "path"),
             "gpu_path": OptionSpec(removed="the column fixes the path: run docker-cdi or docker-legacy"),
             "privileged": OptionSpec("1: run every sandbox privileged (the GPU cases must fail)", "flag"),
+            reload.ALLOW: reload.ALLOW_SPEC,
         }.items()
     }
     id_scheme = SCHEME_CDI
@@ -345,6 +347,10 @@ class DockerAdapter(Adapter):
             raise DriverUnavailable(self._unreachable(exc), hint=UNREACHABLE_HINT) from None
         except ENGINE_ERRORS as exc:
             raise InfrastructureError(f"docker ps at {self.base_url} failed: {one_line(exc)}") from None
+
+    def reload_event(self, sandbox: Sandbox, *, timeout: float) -> tuple[str, str]:
+        """lifecycle.persist: daemon-reload where systemd manages dockerd, else its SIGHUP."""
+        return reload.docker_reload(self.ctx.options, self.name, self.base_url, self.ctx.sim, timeout=timeout)
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         return [wire.container_label(c) for c in self._labelled(labels)]

@@ -23,7 +23,8 @@ from typing import Any
 
 from gpuconform.drivers import kube_cluster as cluster
 from gpuconform.drivers import kube_truth as truth
-from gpuconform.drivers.base import Adapter, AdapterContext, Launch
+from gpuconform.drivers import reload
+from gpuconform.drivers.base import Adapter, AdapterContext, Launch, Sandbox
 from gpuconform.drivers.errors import (
     Deadline,
     DriverUnavailable,
@@ -267,6 +268,17 @@ class KubernetesAdapter(Adapter):
     def delete_pod(self, name: str, deadline: Deadline, namespace: str | None = None) -> None:
         """Delete with grace 0 and wait until the pod is gone (its GPUs are free only then)."""
         cluster.delete_and_wait(self.core(), namespace or self.namespace, name, deadline)
+
+    def reload_event(self, sandbox: Sandbox, *, timeout: float) -> tuple[str, str]:
+        """lifecycle.persist: the GPU node's systemd daemon-reload. The simulated node's is triggered
+        here; a real cluster's node is out of the harness's reach (no node shell): skip, saying so."""
+        if self.ctx.sim is not None:
+            return reload.simulated(self.ctx.sim, "a simulated daemon-reload of the node")
+        return (
+            reload.SKIP,
+            "the reload event is a systemctl daemon-reload on the GPU node, which the harness cannot reach "
+            "from the cluster API (run the case on a simulated host, or reload the node by hand)",
+        )
 
     def leftovers(self, labels: Mapping[str, str]) -> list[str]:
         selector = ",".join(f"{k}={label_value(v)}" for k, v in sorted(labels.items()))

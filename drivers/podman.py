@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from gpuconform.drivers.base import Deadline
+from gpuconform.drivers import reload
+from gpuconform.drivers.base import Deadline, Sandbox
 from gpuconform.drivers.cli_engine import CliEngineAdapter
 from gpuconform.drivers.profile import Availability, OptionSpec, Profile
 from gpuconform.fixtures.build.images import ensure_image
@@ -23,6 +24,7 @@ class PodmanAdapter(CliEngineAdapter):
         "podman.privileged": OptionSpec(
             "1: run every sandbox --privileged (the GPU cases must fail)", "flag"
         ),
+        **reload.allow_option("podman"),
     }
     rejection_markers = ("unresolvable CDI devices", "failed to inject devices", "unknown CDI device")
     remove_args = ("rm", "-f", "-t", "0")
@@ -36,6 +38,10 @@ class PodmanAdapter(CliEngineAdapter):
             oversubscribe="reject",
             notes="CDI device names; the harness leases GPUs for default and count requests",
         )
+
+    def reload_event(self, sandbox: Sandbox, *, timeout: float) -> tuple[str, str]:
+        """lifecycle.persist: podman has no daemon; the node's systemd daemon-reload."""
+        return reload.node_reload(self.ctx.options, self.name, self.ctx.sim, timeout=timeout)
 
     def available(self) -> Availability:
         result = self.cli(["version", "--format", "json"], timeout=15)

@@ -215,6 +215,7 @@ class QemuAdapter(Adapter):
     def profile(self) -> Profile:
         # VFIO passes whole PCI functions: a MIG device cannot be given to a VM (mig.*).
         cases: dict[str, Expectation] = {"device.unsupported": "unsupported", "mig.*": "unsupported"}
+        cases["lifecycle.*"] = "unsupported"  # VFIO hands the VM the whole function: no reload rewrites it
         if self.single_gpu:
             cases.update({"count.2": "reject", "device.pair": "reject"})
             if len(self.ctx.inventory.gpus) > 1:
