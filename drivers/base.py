@@ -15,8 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from gpuconform.drivers import inside
 from gpuconform.drivers.errors import (
     Deadline,
     DeadlineExceeded,
@@ -47,6 +48,7 @@ PUT_FILE_TIMEOUT_S = 60.0
 # Where the harness copies files into a sandbox (probe scripts); every sandbox accepts put_file
 # there (the bare host maps it to a private directory).
 SANDBOX_SCRATCH = "/tmp/gpuconform"
+TimeoutKill = Literal["wrapper", "self"]
 
 __all__ = [  # the contract's values live in drivers.errors, .labels and .profile; importable from here
     "LABEL_CASE",
@@ -74,6 +76,7 @@ __all__ = [  # the contract's values live in drivers.errors, .labels and .profil
     "Profile",
     "RequestRejected",
     "Sandbox",
+    "TimeoutKill",
     "host_label",
     "merge_runs",
     "put_file_argv",
@@ -177,6 +180,13 @@ class Sandbox(abc.ABC):
     cases judge by count and inventory membership.
     """
 
+    # How a command that times out is stopped inside. "wrapper": ``exec`` runs it under a shell
+    # wrapper that records its pid in the scratch dir and, on timeout, runs a second short command
+    # that kills that pid with its whole tree (drivers/inside.py; needs a POSIX sh and /proc, as
+    # ``put_file`` needs sh). "self": ``raw_exec`` kills everything it started by itself on timeout
+    # (the bare host's process group), or starts nothing (a table-driven test double).
+    timeout_kill: ClassVar[TimeoutKill] = "wrapper"
+
     def __init__(self, adapter: Adapter, launch: Launch, sandbox_id: str = "") -> None:
         self.adapter = adapter
         self.id = sandbox_id or launch.name
@@ -203,8 +213,30 @@ class Sandbox(abc.ABC):
         """Remove what ``start`` created (called once, by ``close``); raise when something stays."""
 
     def exec(self, argv: Sequence[str], *, timeout: float) -> ExecResult:
-        raw = self.raw_exec(argv, timeout=timeout)
-        return ExecResult(tuple(argv), raw.exit_code, raw.stdout, raw.stderr, raw.duration_s, raw.timed_out)
+        """Run ``argv`` inside, under ``timeout``. A command that times out is killed inside too,
+        with everything it started (``timeout_kill``); the result says what the kill found."""
+        if self.timeout_kill != "wrapper" or not argv:
+            raw = self.raw_exec(argv, timeout=timeout)
+            return ExecResult(
+                tuple(argv), raw.exit_code, raw.stdout, raw.stderr, raw.duration_s, raw.timed_out
+            )
+        pidfile = inside.pid_file(SANDBOX_SCRATCH)
+        raw = self.raw_exec(inside.wrapped(argv, pidfile), timeout=timeout)
+        stderr = raw.stderr
+        if raw.timed_out:
+            note = self._kill_inside(pidfile).note
+            stderr = f"{stderr.rstrip()}\n{note}" if stderr.strip() else note
+        return ExecResult(tuple(argv), raw.exit_code, raw.stdout, stderr, raw.duration_s, raw.timed_out)
+
+    def _kill_inside(self, pidfile: str) -> inside.KillReport:
+        """Kill what the wrapper recorded in ``pidfile``, under its own short deadline. Best
+        effort: an engine that fails now (frozen, gone) is reported, never raised over the
+        timed-out result the caller is waiting for."""
+        try:
+            kill = self.raw_exec(inside.killer(pidfile), timeout=inside.KILL_TIMEOUT_S)
+        except Exception as exc:  # any engine's failure: the report names it
+            return inside.KillReport(problem=f"the kill command could not run: {exc}"[:300])
+        return inside.read_report(kill.exit_code, kill.stdout, kill.stderr, kill.timed_out)
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         """Write ``data`` to ``path`` inside (parents made), through the exec channel's stdin."""

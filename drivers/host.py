@@ -25,6 +25,7 @@ from gpuconform.drivers.base import SANDBOX_SCRATCH, Adapter, ExecResult, Launch
 from gpuconform.drivers.errors import Deadline, InfrastructureError
 from gpuconform.drivers.inventory import SCHEME_HOST
 from gpuconform.drivers.labels import LABEL_RUN, LabelledRun, merge_runs
+from gpuconform.drivers.procgroup import run_in_group
 from gpuconform.drivers.profile import Availability, Expectation, OptionSpec, Profile
 from gpuconform.drivers.subproc import run_command
 
@@ -38,6 +39,7 @@ class HostSandbox(Sandbox):
     (under the run's state dir, with the sandbox's labels beside it for ``leftovers``)."""
 
     adapter: HostAdapter
+    timeout_kill = "self"  # raw_exec runs each command in its own process group, killed whole
 
     def __init__(self, adapter: HostAdapter, launch: Launch) -> None:
         super().__init__(adapter, launch, f"host-{adapter.ctx.run_id}-{secrets.token_hex(3)}")
@@ -59,7 +61,7 @@ class HostSandbox(Sandbox):
         mapped = [self._map(a) for a in argv]
         if mapped and mapped[0] == "python3":
             mapped[0] = self._python
-        return run_command(mapped, timeout=timeout, env=self._env, input_data=stdin)
+        return run_in_group(mapped, timeout=timeout, env=self._env, input_data=stdin)
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:
         target = Path(self._map(path))

@@ -201,6 +201,7 @@ class FakeSandbox(Sandbox):
     """A sandbox whose ``exec`` answers from a table; an unscripted command is a test bug."""
 
     adapter: FakeAdapter
+    timeout_kill = "self"  # answers from a table: nothing runs inside to kill
 
     def __init__(self, adapter: FakeAdapter, launch: Launch, table: Sequence[tuple[str, Answer]]) -> None:
         super().__init__(adapter, launch, f"fake-{next(_IDS)}")
