@@ -76,6 +76,13 @@ CATALOGUE: tuple[CaseInfo, ...] = (
     CaseInfo(
         "cuda.bandwidth", "copy bandwidth as a ratio to the bare host", image="python", shares="default"
     ),
+    # Last of the python default group: it reuses that sandbox, and its reload may revoke it.
+    CaseInfo(
+        "lifecycle.persist",
+        "a GPU sandbox keeps its GPU: at start, after an interval, after the driver's reload event",
+        image="python",
+        shares="default",
+    ),
 )
 BY_ID = {c.id: c for c in CATALOGUE}
 ORDER = {c.id: i for i, c in enumerate(CATALOGUE)}

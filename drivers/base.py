@@ -271,6 +271,13 @@ class Sandbox(abc.ABC):
         logs); empty where it has nothing beyond the commands' own output."""
         return {}
 
+    def reload_event(self, *, timeout: float) -> tuple[str, str]:
+        """Trigger the driver's "reload" event while this sandbox runs (lifecycle.persist: a
+        systemd daemon-reload that rewrites running containers' device rules, failure class 14).
+        ``(status, text)``: ``done`` (what ran), ``skip`` (why not here, e.g. a real host without
+        ``<driver>.allow_reload=1``) or ``unsupported``; drivers/reload.py holds the helpers."""
+        return self.adapter.reload_event(self, timeout=timeout)
+
     def __enter__(self) -> Sandbox:
         return self
 
@@ -432,6 +439,10 @@ class Adapter(abc.ABC):
         """The inventory this column is judged against when it is not the run's own (a cluster's
         GPU nodes are not the runner's GPUs); None, the default, means the run's inventory."""
         return None
+
+    def reload_event(self, sandbox: Sandbox, *, timeout: float) -> tuple[str, str]:
+        """The driver's reload event (drivers/reload.py); default: none declared."""
+        return ("unsupported", f"{self.name} declares no reload event that could revoke a sandbox's GPU")
 
     def release_problems(self, sandbox: Sandbox) -> list[str]:
         """What the closed ``sandbox`` left behind (``release``): by default, whatever still
