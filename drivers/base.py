@@ -186,6 +186,9 @@ class Sandbox(abc.ABC):
     # ``put_file`` needs sh). "self": ``raw_exec`` kills everything it started by itself on timeout
     # (the bare host's process group), or starts nothing (a table-driven test double).
     timeout_kill: ClassVar[TimeoutKill] = "wrapper"
+    # Set when a kill got no answer in time (a frozen engine): later timeouts in this sandbox do
+    # not wait for another kill that cannot be answered either.
+    _kill_unanswered: bool = False
 
     def __init__(self, adapter: Adapter, launch: Launch, sandbox_id: str = "") -> None:
         self.adapter = adapter
@@ -232,10 +235,13 @@ class Sandbox(abc.ABC):
         """Kill what the wrapper recorded in ``pidfile``, under its own short deadline. Best
         effort: an engine that fails now (frozen, gone) is reported, never raised over the
         timed-out result the caller is waiting for."""
+        if self._kill_unanswered:
+            return inside.KillReport(problem="not tried: an earlier kill in this sandbox got no answer")
         try:
             kill = self.raw_exec(inside.killer(pidfile), timeout=inside.KILL_TIMEOUT_S)
         except Exception as exc:  # any engine's failure: the report names it
             return inside.KillReport(problem=f"the kill command could not run: {exc}"[:300])
+        self._kill_unanswered = kill.timed_out
         return inside.read_report(kill.exit_code, kill.stdout, kill.stderr, kill.timed_out)
 
     def put_file(self, path: str, data: bytes, mode: int = 0o755) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from gpuconform.drivers import base, inside
+from gpuconform.drivers.base import AdapterContext
+from gpuconform.drivers.host import HostAdapter
 from gpuconform.drivers.inventory import SCHEME_LEGACY, Inventory
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.procgroup import run_in_group
@@ -155,6 +157,16 @@ def test_what_the_kill_found_is_said_and_never_raised(
     assert result.stderr.count("\n") == 0  # one line when the command said nothing
 
 
+def test_after_a_kill_that_got_no_answer_no_more_kills_are_waited_for(tmp_path: Path) -> None:
+    """A frozen engine answers no kill either: each later timeout would wait 5 s more for nothing."""
+    engine, box = sandbox(tmp_path)
+    engine.answers = [timed_out(), base.ExecResult(("k",), None, "", "", 5.0, timed_out=True), timed_out()]
+    box.exec(["sleep", "300"], timeout=2)
+    second = box.exec(["sleep", "300"], timeout=2)
+    assert len(engine.calls) == 3  # command, kill, command: no second kill
+    assert "not tried: an earlier kill in this sandbox got no answer" in second.stderr
+
+
 def test_a_sandbox_that_kills_by_itself_gets_the_bare_argv_and_no_second_command(tmp_path: Path) -> None:
     engine, box = sandbox(tmp_path, SelfKilling)
     engine.answers = [timed_out()]
@@ -276,3 +288,20 @@ def test_the_local_group_runner_is_run_command_otherwise() -> None:
     assert (result.exit_code, result.stdout, result.stderr, result.timed_out) == (3, "x", "e\n", False)
     missing = run_in_group(["/nonexistent/binary"], timeout=10)
     assert missing.exit_code == 127 and "not found" in missing.stderr
+
+
+def test_the_bare_hosts_timed_out_command_leaves_nothing_on_the_host(tmp_path: Path) -> None:
+    """The host opts out of the wrapper because its own exec kills the whole process group."""
+    inv = Inventory(
+        host="h", gpus=get_profile("h100x2").records(KIND), simulated=True, source="t", cdi_kind=KIND
+    )
+    host = HostAdapter(
+        AdapterContext(inv, GpuLeases(tmp_path / "leases"), "hk1", state_dir=tmp_path / "state")
+    )
+    marker = f"{os.getpid()}{time.monotonic_ns() % 100000}"
+    with host.provision(GpuRequest.none(), image="python", labels={}, deadline=base.Deadline(5)) as box:
+        assert box.timeout_kill == "self"
+        result = box.exec(["sh", "-c", f"sleep 5{marker} & sleep 5{marker} & wait"], timeout=1)
+        assert result.timed_out and result.argv[0] == "sh"
+        time.sleep(0.3)
+        assert marker_processes(marker) == []
