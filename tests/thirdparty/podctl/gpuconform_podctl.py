@@ -13,7 +13,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from gpuconform.drivers.base import AdapterContext, Availability, Deadline, ExecResult, OptionSpec, Profile
+from gpuconform.drivers import reload
+from gpuconform.drivers.base import (
+    AdapterContext,
+    Availability,
+    Deadline,
+    ExecResult,
+    OptionSpec,
+    Profile,
+    Sandbox,
+)
 from gpuconform.drivers.cli_engine import CliEngineAdapter
 from gpuconform.fixtures.build.images import ensure_image
 
@@ -28,6 +37,7 @@ class PodctlAdapter(CliEngineAdapter):
         "podctl.binary": OptionSpec("the podman executable podctl drives", "path"),
         "podctl.store": OptionSpec(f"podctl's own container store (default {STORE})", "path"),
         "podctl.imagestore": OptionSpec(f"podman's store read for images (default {IMAGE_STORE})", "path"),
+        **reload.allow_option("podctl"),
     }
     rejection_markers = ("unresolvable CDI devices", "failed to inject devices", "unknown CDI device")
     remove_args = ("rm", "-f", "-t", "0")
@@ -50,6 +60,10 @@ class PodctlAdapter(CliEngineAdapter):
             cases={"device.unsupported": "unsupported"},
             notes="podman CLI on its own container store; CDI names; harness leases for counts",
         )
+
+    def reload_event(self, sandbox: Sandbox, *, timeout: float) -> tuple[str, str]:
+        """lifecycle.persist: podman has no daemon, so the host's systemd daemon-reload."""
+        return reload.node_reload(self.ctx.options, self.name, self.ctx.sim, timeout=timeout)
 
     def available(self) -> Availability:
         result = self.cli(["version", "--format", "json"], timeout=15)
