@@ -29,7 +29,11 @@ class SchemaError(ValueError):
 
 def schema_text(kind: Kind) -> str:
     """The schema document of ``kind`` as shipped in the package."""
-    return resources.files("reports").joinpath("schema", f"{kind}.schema.json").read_text(encoding="utf-8")
+    return (
+        resources.files("gpuconform.reports")
+        .joinpath("schema", f"{kind}.schema.json")
+        .read_text(encoding="utf-8")
+    )
 
 
 @cache

@@ -10,14 +10,47 @@ so a contributor's laptop never runs a smaller suite than CI silently; under CI=
 root-marked test that skips for any reason fails. A test still written as
 ``skipif(os.geteuid() != 0, reason=...)`` is given the marker here from its reason's words, so it
 is counted the same way.
+
+The five folders are installed as ``gpuconform.*``; in a checkout the repository root is on
+sys.path, so a bare ``reports.x`` import or ``resources.files("reports")`` works here and breaks in
+every install. The finder below refuses those names for the whole test session (pytest itself
+imports ``conformance/__init__.py`` under its bare name when collecting the suites: that one
+package alone is let through).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import re
+import sys
+from collections.abc import Sequence
+from types import ModuleType
 
 import pytest
+
+_BARE = ("conformance", "workloads", "fixtures", "drivers", "reports")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _NoBareNames(importlib.abc.MetaPathFinder):
+    """Refuse our folders' bare import names (they exist only in a checkout)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        top = fullname.partition(".")[0]
+        if top not in _BARE or fullname == "conformance":
+            return None
+        if path is None and not os.path.isdir(os.path.join(_REPO, top)):
+            return None  # a package of that name from elsewhere (PyPI's fixtures, say)
+        if path is not None and not any(os.path.abspath(p).startswith(_REPO) for p in path):
+            return None
+        raise ImportError(f"{fullname!r} is a checkout-only name: import gpuconform.{fullname}")
+
+
+sys.meta_path.insert(0, _NoBareNames())
 
 ROOT_MARKER = "root: needs root (mknod, /run/gpuconform, chroot, engines); never skipped under CI"
 _ROOT_REASON = re.compile(r"\broot\b|\bmknod\b", re.IGNORECASE)
