@@ -35,7 +35,8 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 #: so this list only shrinks; it is empty when issue 13 is done.
 PENDING: frozenset[tuple[str, str]] = frozenset(
     {
-        # H3: the plugin hands records to the reports through hooks (fixtures/hookspecs.py).
+        # The plugin hands records to the reports through hooks (fixtures/hookspecs.py): the switch
+        # is /work/briefs/s2/H3-switch.patch, waiting for cli.py to name the reports plugin.
         ("fixtures/plugin.py", "reports.allure_cells"),
         ("fixtures/publish.py", "reports.allure_cells"),
         ("fixtures/publish.py", "reports.junit"),
