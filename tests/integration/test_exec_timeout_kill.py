@@ -1,14 +1,16 @@
 """A command that times out inside a real sandbox is gone afterwards, not only its client.
 
 Podman (``podman exec``), Docker Engine 26 through its exec API (a private dockerd on the simulated
-host), and a QEMU guest over SSH: ``sleep 300`` (and a shell with two background sleeps) exec'd
-with a 2 s timeout; afterwards the sandbox's /proc lists no such sleep. A control shows the
-engine's own exec leaves the sleep running (what the kill is for, and that the check can see it).
+host), a pod of the Kubernetes API double (an exec stream over HTTP) and a QEMU guest over SSH:
+``sleep 300`` (and a shell with two background sleeps) exec'd with a 2 s timeout; afterwards the
+sandbox's /proc lists no such sleep. A control shows the engine's own exec leaves the sleep running
+(what the kill is for, and that the check can see it).
 Also measures what the wrapper costs a command on podman (printed; run with ``-s`` to see it).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import statistics
 import tempfile
@@ -21,11 +23,13 @@ import pytest
 from gpuconform.drivers.base import AdapterContext, Deadline, Sandbox
 from gpuconform.drivers.docker import DockerAdapter
 from gpuconform.drivers.inventory import Inventory
+from gpuconform.drivers.kubernetes import KubernetesAdapter
 from gpuconform.drivers.leases import GpuLeases
 from gpuconform.drivers.podman import PodmanAdapter
 from gpuconform.drivers.qemu import QemuAdapter
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.fixtures.build.guestimage import build_guest_image
+from gpuconform.fixtures.sim.kubedouble import KubeDouble
 from gpuconform.fixtures.sim.offer import simulated_host
 from gpuconform.fixtures.sim.simgpu.host import SimHost
 from gpuconform.fixtures.sim.simgpu.profiles import get_profile
@@ -142,6 +146,33 @@ def test_docker_exec_timed_out_is_killed_inside(docker_sim: Sim) -> None:
     finally:
         sandbox.close()
     assert adapter.leftovers(adapter.ctx.labels) == []
+
+
+# -- kubernetes (the API double: an exec stream over HTTP, a Podman container behind it) --------
+def test_kubernetes_exec_timed_out_is_killed_in_the_pod(image: str, tmp_path: Path) -> None:
+    sim = SimHost.up("h100x4", instance=f"k{secrets.token_hex(4)}", owner_pid=os.getpid())
+    kube = KubeDouble.from_sim_host(sim)
+    try:
+        kube.start()
+        ctx = AdapterContext(
+            inventory=sim.inventory,
+            leases=GpuLeases(tmp_path / "leases"),
+            run_id=f"it-{secrets.token_hex(3)}",
+            options={
+                "kubernetes.kubeconfig": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+                "image.busybox": image,
+            },
+        )
+        adapter = KubernetesAdapter(ctx)
+        assert adapter.available().ok
+        with adapter.provision(GpuRequest.none(), image=image, labels={}, deadline=Deadline(60)) as sandbox:
+            assert_killed_inside(sandbox)
+            assert_client_kill_leaves_it(sandbox)
+        adapter.gc(ctx.run_id)
+        assert kube.containers() == []
+    finally:
+        kube.stop()
+        sim.down()
 
 
 # -- qemu (a guest over SSH; boots one VM: slow) -----------------------------------------------
