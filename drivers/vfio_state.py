@@ -38,7 +38,12 @@ class VfioTimeout(VfioError, DeadlineExceeded):
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a process of another user counts as alive)."""
+    """Whether process ``pid`` runs (a process of another user counts as alive).
+
+    A zombie is dead: a SIGKILLed run's processes are re-parented to PID 1, which in a container
+    (or a CI sandbox) may never reap them, and ``kill(pid, 0)`` still succeeds on a zombie; taking
+    it for alive kept a dead run's VFIO binding forever.
+    """
     if pid <= 0:
         return False
     try:
@@ -47,7 +52,16 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ")".
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def default_state_path(state_dir: Path) -> Path:
