@@ -71,11 +71,11 @@ def assert_client_kill_leaves_it(sandbox: Sandbox) -> None:
 
 # -- podman ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def podman(image: str) -> PodmanAdapter:
+def podman(image: str, tmp_path_factory: pytest.TempPathFactory) -> PodmanAdapter:
     inv = Inventory(
         host="h", gpus=get_profile("h100x2").records(KIND), simulated=True, source="t", cdi_kind=KIND
     )
-    base = Path(tempfile.mkdtemp(prefix="gpuconform-tk-"))
+    base = tmp_path_factory.mktemp("timeoutkill")
     return PodmanAdapter(
         AdapterContext(inv, GpuLeases(base / "leases"), f"it{secrets.token_hex(4)}", host="")
     )
