@@ -43,12 +43,14 @@ def _conformance_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _plugin_module() -> str:
-    """The harness's own plugin, by the module its pytest11 entry point names (else this checkout's)."""
+def _plugin_module(name: str = "gpuconform", default: str = "gpuconform.fixtures.plugin") -> str:
+    """One of the harness's plugins, by the module its pytest11 entry point names (else this
+    checkout's): ``gpuconform`` (the plugin) and ``gpuconform-reports`` (the reports it hands
+    records to)."""
     for ep in entry_points(group="pytest11"):
-        if ep.name == "gpuconform":
+        if ep.name == name:
             return ep.value
-    return "gpuconform.fixtures.plugin"
+    return default
 
 
 def _become_root_for_simulation(argv: Sequence[str]) -> None:
@@ -168,6 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         str(_conformance_dir()),
         "-p",
         _plugin_module(),
+        "-p",
+        _plugin_module("gpuconform-reports", "gpuconform.reports.pytest_reports"),
         "-p",
         "no:cacheprovider",
         "-v",

@@ -43,7 +43,9 @@ def test_count_over(cell):
 
 def _plugin_args() -> list[str]:
     installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "gpuconform.fixtures.plugin"]
+    return (
+        [] if installed else ["-p", "gpuconform.fixtures.plugin", "-p", "gpuconform.reports.pytest_reports"]
+    )
 
 
 class Run:

@@ -72,7 +72,8 @@ class Run:
 
     def __call__(self, *args: str, drivers: str = "host") -> pytest.RunResult:
         return self.pytester.runpytest_subprocess(
-            "-p", "gpuconform.fixtures.plugin", "-p", "no:cacheprovider",
+            "-p", "gpuconform.fixtures.plugin", "-p", "gpuconform.reports.pytest_reports",
+            "-p", "no:cacheprovider",
             "--gpuconform-drivers", drivers, "--gpuconform-sim", "single",
             "--gpuconform-out", str(self.out), "--gpuconform-cdi-dir", str(self.cdi),
             "--gpuconform-lease-dir", str(self.state / "leases"),

@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _plugin_args() -> list[str]:
     """``-p fixtures.plugin`` unless the installed package already loads the plugin."""
     installed = any(ep.name == "gpuconform" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "gpuconform.fixtures.plugin"]
+    return (
+        [] if installed else ["-p", "gpuconform.fixtures.plugin", "-p", "gpuconform.reports.pytest_reports"]
+    )
 
 
 def _settings(pytester: pytest.Pytester, *args: str) -> Settings:
