@@ -30,32 +30,9 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
-#: Upward imports that work in progress on issue 13 removes, as (file, imported module), each with
-#: who removes it. Any other upward import fails, and so does an entry here that no longer occurs,
-#: so this list only shrinks; it is empty when issue 13 is done.
-PENDING: frozenset[tuple[str, str]] = frozenset(
-    {
-        # The plugin hands records to the reports through hooks (fixtures/hookspecs.py): the switch
-        # is /work/briefs/s2/H3-switch.patch, waiting for cli.py to name the reports plugin.
-        ("fixtures/plugin.py", "reports.allure_cells"),
-        ("fixtures/publish.py", "reports.allure_cells"),
-        ("fixtures/publish.py", "reports.junit"),
-        ("fixtures/publish.py", "reports.matrix"),
-        ("fixtures/publish.py", "reports.render"),
-    }
-)
-_PROBLEM = re.compile(r"^(?P<file>[^:]+):\d+: \S+ \(\w+, layer \d\) imports (?P<imported>\S+) ")
-
-
 def test_every_module_imports_its_own_layer_or_lower() -> None:
     problems = layers.check_tree(REPO)
-    found = {(m["file"], m["imported"]) for m in map(_PROBLEM.match, problems) if m}
-    unexpected = [
-        p for p in problems if not (m := _PROBLEM.match(p)) or (m["file"], m["imported"]) not in PENDING
-    ]
-    assert not unexpected, "upward imports:\n" + "\n".join(unexpected)
-    gone = sorted(PENDING - found)
-    assert not gone, f"fixed, remove from PENDING in {__file__}: {gone}"
+    assert not problems, "upward imports:\n" + "\n".join(problems)
 
 
 def test_the_check_covers_every_folder_of_the_product() -> None:
