@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from gpuconform.drivers.base import ExecResult
+from gpuconform.drivers.subproc import missing_binary
 
 # After SIGKILL to the group, how long to wait for the leader and the pipes: a process in
 # uninterruptible sleep cannot die at once; past this the result is returned anyway.
@@ -41,13 +42,7 @@ def run_in_group(
             start_new_session=True,
         )
     except FileNotFoundError as exc:
-        return ExecResult(
-            tuple(argv),
-            127,
-            "",
-            f"{argv[0]}: executable file not found ({exc.strerror})",
-            time.monotonic() - start,
-        )
+        return missing_binary(argv, exc, start)
     try:
         out, err = proc.communicate(input_data, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -32,19 +32,24 @@ def run_command(
             check=False,
         )
     except FileNotFoundError as exc:
-        return ExecResult(
-            tuple(argv),
-            127,
-            "",
-            f"{argv[0]}: executable file not found ({exc.strerror})",
-            time.monotonic() - start,
-        )
+        return missing_binary(argv, exc, start)
     except subprocess.TimeoutExpired as exc:
         return ExecResult(
             tuple(argv), None, _text(exc.stdout), _text(exc.stderr), time.monotonic() - start, timed_out=True
         )
     return ExecResult(
         tuple(argv), proc.returncode, _text(proc.stdout), _text(proc.stderr), time.monotonic() - start
+    )
+
+
+def missing_binary(argv: Sequence[str], exc: FileNotFoundError, start: float) -> ExecResult:
+    """What a shell would answer for a binary that is not there: exit 127 and a line saying so."""
+    return ExecResult(
+        tuple(argv),
+        127,
+        "",
+        f"{argv[0]}: executable file not found ({exc.strerror})",
+        time.monotonic() - start,
     )
 
 
