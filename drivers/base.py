@@ -305,6 +305,9 @@ class Adapter(abc.ABC):
     # Whether the harness leases the GPUs it selects (disjoint sandboxes). Only an observer that
     # isolates nothing (the bare host) sets it False: it must see GPUs other sandboxes hold.
     leases_gpus: bool = True
+    # What one provision costs next to a container's (a scheduling hint for parallel runs: the
+    # heavy units start first, so a run does not end waiting on one worker's VM boots).
+    provision_weight: float = 1.0
     # Whether /dev/nvidiaN inside is the host's node (containers bind the host's nodes). A VM's
     # guest driver numbers its own, so smi.nodes can only hold it to the count.
     node_minors_follow_host: bool = True

@@ -87,6 +87,7 @@ class HostAdapter(Adapter):
     }
     id_scheme = SCHEME_HOST
     leases_gpus = False  # an observer: it must see GPUs other sandboxes hold
+    provision_weight = 0.1  # a process on this machine
 
     @property
     def profile(self) -> Profile:

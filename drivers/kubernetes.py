@@ -94,6 +94,9 @@ class KubernetesAdapter(Adapter):
         OPT_REGISTRY: OptionSpec("registry the cluster's nodes pull the sandbox images from"),
     }
     id_scheme = ""  # no native ids: requests are counts
+    # The cluster's device plugin picks the GPUs; the harness leases none (the scheduler of a
+    # parallel run then never holds a worker back for a pod's GPUs).
+    leases_gpus = False
 
     def __init__(self, ctx: AdapterContext) -> None:
         super().__init__(ctx)

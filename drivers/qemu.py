@@ -194,6 +194,7 @@ class QemuAdapter(Adapter):
     }
     id_scheme = SCHEME_PCI
     node_minors_follow_host = False  # the guest driver numbers its own /dev/nvidiaN
+    provision_weight = 10.0  # a guest boot (seconds under TCG) against a container's start
     single = False
 
     def __init__(self, ctx: AdapterContext) -> None:
