@@ -1,9 +1,12 @@
 """GPU leases between pytest-xdist workers (and concurrent runs): one file lock per UUID.
 
 Docker, Podman, QEMU and the bare host have no GPU allocator of their own, so the harness picks
-free GPUs itself. Acquisition is all-or-nothing (take N free locks without waiting, or give back
-what was taken and retry), so two workers each holding part of what the other needs cannot
-deadlock.
+free GPUs itself. A MIG device has no lock of its own: a request for one takes its parent GPU's
+lock (selection.py), so a whole-GPU lease and a MIG lease of the same GPU exclude each other, at
+the cost that two MIG devices of one parent are never leased at the same time.
+
+Acquisition is all-or-nothing (take N free locks without waiting, or give back what was taken and
+retry), so two workers each holding part of what the other needs cannot deadlock.
 
 Waiting is fair through a turnstile: a process that holds no lease passes one file lock before
 it may take GPUs, and keeps it while it waits. A wide request (every GPU) waiting there therefore

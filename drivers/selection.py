@@ -3,6 +3,11 @@
 Default and count requests lease free GPUs (lowest index first) and turn them into native ids;
 explicit ids are passed through untouched so the engine itself judges them, and leased when
 the inventory knows them so concurrent sandboxes stay disjoint.
+
+A MIG device's id leases its parent GPU (``_leased_gpu``): a whole-GPU request and a MIG request
+on the same parent then exclude each other, so no count request is handed a GPU a MIG sandbox is
+using. The cost: MIG siblings of one parent never run at the same time either (one lock per GPU,
+not per slice); the MIG cases take them one after another anyway.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def select_gpus(
             if all_id is not None and device_id == all_id:
                 wanted.extend(inventory.gpus)
                 continue
-            gpu = inventory.resolve(scheme, device_id)
+            gpu = _leased_gpu(inventory, scheme, device_id)
             if gpu is not None:
                 wanted.append(gpu)
         unique = tuple({g.uuid: g for g in wanted}.values())
@@ -75,6 +80,16 @@ def select_gpus(
     return Selection(tuple(ids), lease.uuids, lease)
 
 
+def _leased_gpu(inventory: Inventory, scheme: str, device_id: str) -> GpuRecord | None:
+    """The GPU whose lease an explicit id takes: the GPU it names, or a MIG device's parent (its
+    MIG devices share the parent's lock); None for an id that names nothing the inventory knows."""
+    gpu = inventory.resolve(scheme, device_id)
+    if gpu is not None:
+        return gpu
+    mig = inventory.resolve_mig(scheme, device_id)
+    return inventory.by_uuid(mig.parent_uuid) if mig is not None else None
+
+
 def _unleased(inventory: Inventory, req: GpuRequest, scheme: str, all_id: str | None) -> Selection:
     if not req.gpu:
         return Selection((), frozenset(), Lease(()))
@@ -82,7 +97,9 @@ def _unleased(inventory: Inventory, req: GpuRequest, scheme: str, all_id: str | 
         gpus = [
             g
             for i in req.device_ids
-            for g in ([*inventory.gpus] if i == all_id else [x for x in [inventory.resolve(scheme, i)] if x])
+            for g in (
+                [*inventory.gpus] if i == all_id else [x for x in [_leased_gpu(inventory, scheme, i)] if x]
+            )
         ]
         return Selection(tuple(req.device_ids), frozenset(g.uuid for g in gpus), Lease(()))
     if req.wanted > len(inventory.gpus):

@@ -13,6 +13,7 @@ from gpuconform.drivers.inventory import (
     SCHEME_PCI,
     GpuRecord,
     Inventory,
+    MigRecord,
     default_native_ids,
 )
 from gpuconform.drivers.leases import GpuLeases
@@ -191,3 +192,62 @@ def test_unleased_count_beyond_the_host_is_rejected(tmp_path: Path) -> None:
 def test_unleased_none_request_selects_nothing(tmp_path: Path) -> None:
     sel = select_gpus(_ctx(tmp_path), GpuRequest.none(), SCHEME_CDI, Deadline(1), leased=False)
     assert (sel.ids, sel.granted) == ((), frozenset())
+
+
+def _mig_ctx(tmp_path: Path) -> AdapterContext:
+    """Four GPUs; GPU 1 is split into two MIG devices named by CDI ``<gpu>:<mig>`` and UUID."""
+    gpus = tuple(_gpu(i) for i in range(4))
+    migs = tuple(
+        MigRecord(
+            f"MIG-sel-1-{d}", gpus[1].uuid, 1, d, "3g.40gb", d + 1, 0, 40192,
+            native_ids={SCHEME_CDI: (f"{REAL_CDI_KIND}=1:{d}", f"{REAL_CDI_KIND}=MIG-sel-1-{d}")},
+        )
+        for d in range(2)
+    )  # fmt: skip
+    inventory = Inventory(host="h", gpus=gpus, simulated=True, source="test", migs=migs)
+    return AdapterContext(inventory, GpuLeases(tmp_path / "leases", poll_s=0.02), run_id="t")
+
+
+def test_a_mig_id_leases_its_parent_gpu(tmp_path: Path) -> None:
+    ctx = _mig_ctx(tmp_path)
+    sel = select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1:0"]), SCHEME_CDI, Deadline(1))
+    assert sel.ids == ("nvidia.com/gpu=1:0",)  # passed through untouched
+    assert sel.granted == frozenset({"GPU-sel-1"})
+    assert _held(ctx) == [1]
+    sel.release()
+    assert _held(ctx) == []
+
+
+def test_a_count_request_is_never_granted_the_parent_of_a_mig_device_in_use(tmp_path: Path) -> None:
+    ctx = _mig_ctx(tmp_path)
+    mig = select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=MIG-sel-1-1"]), SCHEME_CDI, Deadline(1))
+    whole = select_gpus(ctx, GpuRequest.of_count(3), SCHEME_CDI, Deadline(1))
+    assert whole.granted == frozenset({"GPU-sel-0", "GPU-sel-2", "GPU-sel-3"})
+    with pytest.raises(DeadlineExceeded):  # all four: waits for the MIG sandbox's parent
+        select_gpus(ctx, GpuRequest.of_count(4), SCHEME_CDI, Deadline(0.2)).release()
+    whole.release()
+    mig.release()
+
+
+def test_a_mig_request_waits_for_a_whole_gpu_lease_of_its_parent(tmp_path: Path) -> None:
+    ctx = _mig_ctx(tmp_path)
+    parent = select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1"]), SCHEME_CDI, Deadline(1))
+    with pytest.raises(DeadlineExceeded, match="GPU-sel-1"):
+        select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1:0"]), SCHEME_CDI, Deadline(0.2))
+    parent.release()
+    select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1:0"]), SCHEME_CDI, Deadline(1)).release()
+
+
+def test_mig_siblings_exclude_each_other_the_documented_cost(tmp_path: Path) -> None:
+    ctx = _mig_ctx(tmp_path)
+    first = select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1:0"]), SCHEME_CDI, Deadline(1))
+    with pytest.raises(DeadlineExceeded):
+        select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1:1"]), SCHEME_CDI, Deadline(0.2))
+    first.release()
+
+
+def test_unleased_mig_id_expects_its_parent(tmp_path: Path) -> None:
+    ctx = _mig_ctx(tmp_path)
+    sel = select_gpus(ctx, GpuRequest.of_ids(["nvidia.com/gpu=1:1"]), SCHEME_CDI, Deadline(1), leased=False)
+    assert sel.granted == frozenset({"GPU-sel-1"})
+    assert _held(ctx) == []
