@@ -43,6 +43,23 @@ def waited_s() -> float:
     return _WAITED[0]
 
 
+# Per process: the GPUs a count request takes first, when free (a parallel run's placement).
+_PREFERRED: list[frozenset[str]] = [frozenset()]
+
+
+@contextlib.contextmanager
+def preferring(uuids: Iterable[str]) -> Iterator[None]:
+    """Count requests made inside take these GPUs first when they are free, then the lowest
+    free index as always. A parallel run's scheduler places each unit of cells on GPUs no other
+    worker's unit holds (fixtures/schedule.py); this makes its leases land there. Which GPUs a
+    count request gets is the harness's choice, never part of what a case judges."""
+    previous, _PREFERRED[0] = _PREFERRED[0], frozenset(uuids)
+    try:
+        yield
+    finally:
+        _PREFERRED[0] = previous
+
+
 @dataclass
 class Lease:
     """GPUs held by one sandbox; release is idempotent."""
@@ -136,7 +153,8 @@ class GpuLeases:
         return None
 
     def acquire(self, candidates: Sequence[GpuRecord], n: int, deadline: Deadline) -> Lease:
-        """Lease ``n`` of ``candidates`` (lowest index first), waiting for them until the deadline.
+        """Lease ``n`` of ``candidates`` (preferred first, then lowest index), waiting for them
+        until the deadline.
 
         Asking for more GPUs than exist is a rejection, not a wait.
         """
@@ -145,7 +163,8 @@ class GpuLeases:
                 f"requested {n} GPUs but the host has {len(candidates)}",
                 hint="lower the count, or run on a host with more GPUs",
             )
-        ordered = sorted(candidates, key=lambda g: g.index)
+        preferred = _PREFERRED[0]
+        ordered = sorted(candidates, key=lambda g: (g.uuid not in preferred, g.index))
         return self._wait_for(
             lambda: self._try_take(ordered, n), deadline, f"{n} free GPU(s) of {len(ordered)}"
         )
