@@ -26,6 +26,15 @@ from gpuconform.drivers.kube_diag import GPU_RESOURCE, api_error_message, as_pla
 
 __all__ = ["GPU_RESOURCE"]
 
+# The device plugin's mixed MIG strategy advertises each MIG profile as its own resource.
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+
+
+def mig_resource(profile: str) -> str:
+    """``nvidia.com/mig-3g.40gb``: the resource a ``3g.40gb`` MIG device is a unit of."""
+    return f"{MIG_RESOURCE_PREFIX}{profile}"
+
+
 API_TIMEOUT_S = 10.0
 VERSION_TIMEOUT_S = 3.0
 POLL_S = 0.25
@@ -149,15 +158,34 @@ def ensure_namespace(core: Any, namespace: str, labels: dict[str, str] | None) -
 
 def gpu_nodes(core: Any) -> dict[str, int]:
     """Allocatable ``nvidia.com/gpu`` per node."""
+    return {name: units.get(GPU_RESOURCE, 0) for name, units in device_units(core).items()}
+
+
+def mig_nodes(core: Any) -> dict[str, dict[str, int]]:
+    """Allocatable ``nvidia.com/mig-<profile>`` units per node (the device plugin's mixed MIG
+    strategy); nodes without any are left out."""
+    out = {
+        name: {r: n for r, n in units.items() if r.startswith(MIG_RESOURCE_PREFIX) and n > 0}
+        for name, units in device_units(core).items()
+    }
+    return {name: units for name, units in out.items() if units}
+
+
+def device_units(core: Any) -> dict[str, dict[str, int]]:
+    """Allocatable ``nvidia.com/*`` resources per node, as whole numbers (0 where unreadable)."""
     nodes = as_plain(core.list_node(_request_timeout=API_TIMEOUT_S))
-    out: dict[str, int] = {}
+    out: dict[str, dict[str, int]] = {}
     for node in nodes.get("items") or []:
         name = str((node.get("metadata") or {}).get("name"))
-        value = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
-        try:
-            out[name] = int(str(value))
-        except ValueError:
-            out[name] = 0
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        units: dict[str, int] = {GPU_RESOURCE: 0}
+        for resource, value in allocatable.items():
+            if str(resource).startswith("nvidia.com/"):
+                try:
+                    units[str(resource)] = int(str(value))
+                except ValueError:
+                    units[str(resource)] = 0
+        out[name] = units
     return out
 
 

@@ -60,16 +60,22 @@ def build_pod_manifest(
     runtime_class: str = "",
     pull_policy: str = "IfNotPresent",
     node: str | None = None,
+    units: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The pod for a request of ``gpus`` GPUs (0: none), sleeping until the harness deletes it."""
+    """The pod for a request of ``gpus`` GPUs (0: none), sleeping until the harness deletes it.
+
+    ``units`` adds other device-plugin resources by count (``nvidia.com/mig-3g.40gb: 1``: MIG
+    devices under the plugin's mixed strategy)."""
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
         "imagePullPolicy": pull_policy,
         "command": list(SLEEP_FOREVER),
     }
-    if gpus:
-        container["resources"] = {"limits": {GPU_RESOURCE: str(gpus)}}
+    limits = {GPU_RESOURCE: str(gpus)} if gpus else {}
+    limits.update({name: str(n) for name, n in sorted((units or {}).items()) if n})
+    if limits:
+        container["resources"] = {"limits": limits}
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     spec: dict[str, Any] = {
@@ -91,6 +97,25 @@ def build_pod_manifest(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": spec,
     }
+
+
+def granted_from_status(pod: Mapping[str, Any]) -> frozenset[str] | None:
+    """The device ids the device plugin handed the sandbox container, from its
+    ``allocatedResourcesStatus`` (kubelet feature ResourceHealthStatus, Kubernetes 1.31+), for
+    ``nvidia.com/*`` resources: GPU and MIG UUIDs with the NVIDIA plugin (a time-slicing replica's
+    ``<uuid>::<n>`` suffix dropped). None where the kubelet does not report it: the grant is then
+    unknown before looking, and cases judge by count and inventory membership."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") != CONTAINER or "allocatedResourcesStatus" not in status:
+            continue
+        return frozenset(
+            str(res.get("resourceID") or "").split("::", 1)[0]
+            for entry in status.get("allocatedResourcesStatus") or []
+            if str(entry.get("name") or "").startswith("nvidia.com/")
+            for res in entry.get("resources") or []
+            if res.get("resourceID")
+        )
+    return None
 
 
 class StartJudge:

@@ -3,8 +3,16 @@
 Pods request GPUs by count only (``resources.limits``), with no runtimeClassName unless asked:
 with the device plugin's ``deviceListStrategy: cdi-cri`` the kubelet passes CDI device names to
 the runtime and no NVIDIA runtime class is needed on GPU pods (seeds/002). The scheduler picks the
-GPUs, so ``granted`` is None and the ground truth per node comes from a probe pod that takes all
-of a node's GPUs (``node_gpu_uuids``). Pods and the wait for Running are in kube_pods, pod-state
+GPUs, so ``granted`` is learnt after the start, from the container's ``allocatedResourcesStatus``
+where the kubelet reports it (ResourceHealthStatus, Kubernetes 1.31+; None elsewhere), and the
+ground truth per node comes from a probe pod that takes all of a node's GPUs (``node_gpu_uuids``).
+
+MIG under the device plugin's ``mixed`` strategy: a MIG device is a unit of the resource
+``nvidia.com/mig-<profile>``, and that resource name is this adapter's native id for it (scheme
+``k8s-resource``): a request with device id ``nvidia.com/mig-3g.40gb`` becomes a pod with
+``limits: {nvidia.com/mig-3g.40gb: 1}``, and the plugin picks which unit. GPUs have no native id
+(``device.*`` is rejected), and a MIG-enabled GPU is never ``nvidia.com/gpu`` under mixed, so it
+cannot be had whole (``mig.parent`` unsupported). Pods and the wait for Running are in kube_pods, pod-state
 reading in kube_diag, exec in kube_exec, cluster-wide calls (versions, nodes, gc) in kube_cluster.
 
 The client is created on first use from ``kubernetes.kubeconfig`` / ``kubernetes.context`` (or
@@ -18,6 +26,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,7 @@ from gpuconform.drivers.kube_pods import (
     StartJudge,
     build_pod_manifest,
     dns_label,
+    granted_from_status,
     label_value,
     run_namespace,
     wait_running,
@@ -67,16 +77,21 @@ OPT_GROUND_TRUTH = "kubernetes.ground_truth"  # "cluster" or "host"; default: cl
 # is rejected as soon as the scheduler reports it.
 DEFAULT_UNSCHEDULABLE_WAIT_S = 20.0
 DEVICE_IDS_UNSUPPORTED = "kubernetes selects GPUs by count only; device ids are not supported"
+# A MIG device's native id: the mixed strategy's resource name it is a unit of.
+SCHEME_K8S_RESOURCE = "k8s-resource"
 
 PROFILE = Profile(
     driver="kubernetes",
-    # mig.*: pods ask for nvidia.com/gpu by count only; under the device plugin's mixed strategy a
-    # MIG device is an nvidia.com/mig-<profile> unit (the double models it) and a MIG-enabled GPU
-    # is never nvidia.com/gpu, so neither MIG case can be asked for through this adapter yet.
-    cases={"device.*": "reject", "mig.*": "unsupported"},
+    # mig.each: a pod asks for one nvidia.com/mig-<profile> unit (the device plugin's mixed
+    # strategy). mig.parent: under mixed a MIG-enabled GPU is never advertised as nvidia.com/gpu,
+    # so no pod can ask for it whole: out of scope, not a refusal to judge.
+    cases={"device.*": "reject", "mig.parent": "unsupported"},
     exclusive=True,
     oversubscribe="reject",
-    notes="pods request nvidia.com/gpu by count (device plugin, cdi-cri); the scheduler picks the GPUs",
+    notes=(
+        "pods request nvidia.com/gpu by count (device plugin, cdi-cri); the scheduler picks the GPUs; "
+        "MIG devices as nvidia.com/mig-<profile> units (mixed strategy)"
+    ),
 )
 
 
@@ -93,7 +108,7 @@ class KubernetesAdapter(Adapter):
         OPT_GROUND_TRUTH: OptionSpec("where the inventory comes from", "choice", ("cluster", "host")),
         OPT_REGISTRY: OptionSpec("registry the cluster's nodes pull the sandbox images from"),
     }
-    id_scheme = ""  # no native ids: requests are counts
+    id_scheme = SCHEME_K8S_RESOURCE  # GPUs have none (counts); a MIG device: its profile's resource
     # The cluster's device plugin picks the GPUs; the harness leases none (the scheduler of a
     # parallel run then never holds a worker back for a pod's GPUs).
     leases_gpus = False
@@ -105,6 +120,7 @@ class KubernetesAdapter(Adapter):
         self._seq = itertools.count(1)
         self._namespace_ready = False
         self._ground_truth: Inventory | None = None
+        self._mig_truth: Inventory | None = None
 
     @property
     def profile(self) -> Profile:
@@ -176,13 +192,25 @@ class KubernetesAdapter(Adapter):
 
     # -- provisioning -------------------------------------------------------------------------
     def select(self, req: GpuRequest, deadline: Deadline) -> Selection:
-        """Pods ask for a count; the scheduler picks the GPUs (nothing leased, nothing granted)."""
-        if req.device_ids:
+        """Pods ask for a count, or for MIG units by resource name; the scheduler and the device
+        plugin pick the devices (nothing leased; the grant is learnt once the pod runs)."""
+        if not req.device_ids:
+            return Selection((), None, Lease(()))  # the scheduler chooses
+        if not all(i.startswith(cluster.MIG_RESOURCE_PREFIX) for i in req.device_ids):
             named = ", ".join(repr(i) for i in req.device_ids)
             raise RequestRejected(
-                f"{DEVICE_IDS_UNSUPPORTED} (got {named})", hint="request a count (limits nvidia.com/gpu: N)"
+                f"{DEVICE_IDS_UNSUPPORTED} (got {named})",
+                hint="request a count (limits nvidia.com/gpu: N), or a MIG unit by nvidia.com/mig-<profile>",
             )
-        return Selection((), None, Lease(()))  # the scheduler chooses
+        offered = {r for units in cluster.mig_nodes(self.core()).values() for r in units}
+        missing = [i for i in req.device_ids if i not in offered]
+        if missing:
+            raise RequestRejected(
+                f"no node advertises {', '.join(missing)} (MIG resources offered: "
+                f"{', '.join(sorted(offered)) or 'none'})",
+                hint="the device plugin's mixed MIG strategy advertises nvidia.com/mig-<profile> per profile",
+            )
+        return Selection(tuple(req.device_ids), None, Lease(()))
 
     def start(self, launch: Launch) -> PodSandbox:
         return self.start_pod(launch)
@@ -199,11 +227,15 @@ class KubernetesAdapter(Adapter):
             return ensure_image("podman", kind, deadline=deadline)
         return image_ref(kind)
 
-    def start_pod(self, launch: Launch, node: str | None = None) -> PodSandbox:
+    def start_pod(
+        self, launch: Launch, node: str | None = None, units: Mapping[str, int] | None = None
+    ) -> PodSandbox:
         """Create a pod for ``launch`` (optionally pinned to ``node``) and wait until it runs.
 
-        Any failure after the create deletes the pod again; the raised error carries
-        ``diagnostics`` (describe, events, logs) when the pod existed.
+        A request by MIG resource names asks one unit of each (no ``nvidia.com/gpu``); ``units``
+        adds resources by count (the MIG ground-truth probe). Any failure after the create deletes
+        the pod again; the raised error carries ``diagnostics`` (describe, events, logs) when the
+        pod existed.
         """
         req, image, deadline = launch.request, launch.image, launch.deadline
         if not image:
@@ -215,11 +247,14 @@ class KubernetesAdapter(Adapter):
         core = self.core()
         self._ensure_namespace()
         name = f"gpuconform-{dns_label(self.ctx.worker, 12)}-{next(self._seq)}-{secrets.token_hex(3)}"
+        mig_units = {i: 1 for i in launch.selection.ids if i.startswith(cluster.MIG_RESOURCE_PREFIX)}
+        gpus = 0 if mig_units else req.wanted
         manifest = build_pod_manifest(
             name,
             self.namespace,
             image=image,
-            gpus=req.wanted,
+            gpus=gpus,
+            units={**mig_units, **(units or {})},
             labels=launch.labels,
             env=launch.env,
             runtime_class=self.ctx.options.get(OPT_RUNTIME_CLASS, ""),
@@ -237,7 +272,7 @@ class KubernetesAdapter(Adapter):
         bound = float(self.ctx.options.get(OPT_UNSCHEDULABLE_WAIT) or DEFAULT_UNSCHEDULABLE_WAIT_S)
         judge = StartJudge(
             f"{self.namespace}/{name}",
-            req.wanted,
+            gpus,
             bound,
             largest_node=lambda: max(self.gpu_nodes().values(), default=0),
             events=lambda: list_events(core, self.namespace, name, deadline.cap(cluster.API_TIMEOUT_S)),
@@ -258,6 +293,9 @@ class KubernetesAdapter(Adapter):
             why = f"waiting for pod {self.namespace}/{name}: {api_error_message(exc)}"
             raise InfrastructureError(why, diagnostics=diagnostics) from None
         sandbox = PodSandbox(self, launch, self.namespace, name, (pod.get("spec") or {}).get("nodeName"))
+        learnt = granted_from_status(pod)
+        if learnt is not None:  # what the device plugin handed the pod, as the kubelet reports it
+            sandbox.granted = learnt
         sandbox.timings["provision_s"] = round(time.monotonic() - start, 3)
         return sandbox
 
@@ -341,11 +379,44 @@ class KubernetesAdapter(Adapter):
             return None
         if self._ground_truth is None:
             self._ground_truth = self._cluster_inventory(image, deadline)
+            self._mig_truth = self._cluster_mig_inventory(image, deadline, len(self._ground_truth.gpus))
         return self._ground_truth
+
+    def id_inventory(self) -> Inventory:
+        """The MIG devices a pod can be handed, each named by its ``nvidia.com/mig-<profile>``
+        resource (``k8s-resource`` ids; GPUs keep none). Their source: the cluster's MIG probe
+        when the column is judged against the cluster (its whole-GPU truth has no MIG parents),
+        otherwise the run's inventory."""
+        base = self._mig_truth if self._mig_truth is not None else self.ctx.inventory
+        migs = tuple(
+            replace(
+                m, native_ids={**dict(m.native_ids), SCHEME_K8S_RESOURCE: (cluster.mig_resource(m.profile),)}
+            )
+            for m in base.migs
+        )
+        return replace(base, migs=migs)
 
     def _cluster_inventory(self, image: str, deadline: Deadline | None) -> Inventory:
         found = self._probe_nodes(query_argv(truth.PROBE_FIELDS), image, deadline)
         return truth.inventory_from_probes(found, simulated=self.ctx.inventory.simulated)
+
+    def _cluster_mig_inventory(self, image: str, deadline: Deadline | None, first: int) -> Inventory | None:
+        """The MIG devices of the nodes that advertise ``nvidia.com/mig-*`` (None: no node does),
+        from a probe pod per such node that takes all of its MIG units."""
+        nodes = cluster.mig_nodes(self.core())
+        if not nodes:
+            return None
+        deadline = deadline or Deadline(180)
+        image = image or self.image("busybox", deadline=deadline)
+        found: dict[str, tuple[str, str]] = {}
+        for node, units in sorted(nodes.items()):
+            outputs = self._probe(
+                node, units, [query_argv(truth.PROBE_FIELDS), ["nvidia-smi", "-L"]], image, deadline
+            )
+            found[node] = (outputs[0], outputs[1])
+        return truth.mig_inventory_from_probes(
+            found, simulated=self.ctx.inventory.simulated, first_index=first
+        )
 
     def _probe_nodes(self, argv: list[str], image: str, deadline: Deadline | None) -> dict[str, str]:
         """``argv``'s stdout in a probe pod on each GPU node that takes all of its GPUs."""
@@ -353,24 +424,35 @@ class KubernetesAdapter(Adapter):
         image = image or self.image("busybox", deadline=deadline)
         out: dict[str, str] = {}
         for node, count in sorted(self.gpu_nodes().items()):
-            if count <= 0:
-                continue
-            try:
-                labels = {**self.ctx.labels, LABEL_CASE: "ground-truth", LABEL_OWNER: "gpuconform"}
-                nothing = Selection((), None, Lease(()))
-                launch = Launch(GpuRequest.of_count(count), image, labels, {}, deadline, nothing, "")
-                sandbox = self.start_pod(launch, node=node)
-            except RequestRejected as exc:
-                raise InfrastructureError(
-                    f"node {node} is not idle: a probe pod for its {count} GPUs "
-                    f"was not scheduled ({exc.message})"
-                ) from None
-            with sandbox:
-                result = sandbox.exec(argv, timeout=deadline.cap(60.0))
-            if not result.ok:
-                raise InfrastructureError(
-                    f"nvidia-smi in the probe pod on {node} failed "
-                    f"(exit {result.exit_code}): {result.stderr.strip()[:200]}"
-                )
-            out[node] = result.stdout
+            if count > 0:
+                out[node] = self._probe(node, {cluster.GPU_RESOURCE: count}, [argv], image, deadline)[0]
         return out
+
+    def _probe(
+        self, node: str, units: Mapping[str, int], argvs: list[list[str]], image: str, deadline: Deadline
+    ) -> list[str]:
+        """The stdout of each of ``argvs`` in one probe pod on ``node`` holding ``units``."""
+        what = ", ".join(f"{n} x {r}" for r, n in sorted(units.items()))
+        try:
+            labels = {**self.ctx.labels, LABEL_CASE: "ground-truth", LABEL_OWNER: "gpuconform"}
+            nothing = Selection((), None, Lease(()))
+            gpus = units.get(cluster.GPU_RESOURCE, 0)
+            req = GpuRequest.of_count(gpus) if gpus else GpuRequest.none()
+            launch = Launch(req, image, labels, {}, deadline, nothing, "")
+            others = {r: n for r, n in units.items() if r != cluster.GPU_RESOURCE}
+            sandbox = self.start_pod(launch, node=node, units=others)
+        except RequestRejected as exc:
+            raise InfrastructureError(
+                f"node {node} is not idle: a probe pod for its {what} was not scheduled ({exc.message})"
+            ) from None
+        outputs = []
+        with sandbox:
+            for argv in argvs:
+                result = sandbox.exec(argv, timeout=deadline.cap(60.0))
+                if not result.ok:
+                    raise InfrastructureError(
+                        f"{' '.join(argv[:2])} in the probe pod on {node} ({what}) failed "
+                        f"(exit {result.exit_code}): {result.stderr.strip()[:200]}"
+                    )
+                outputs.append(result.stdout)
+        return outputs
