@@ -265,13 +265,17 @@ class QemuAdapter(Adapter):
     ) -> vm.VmSpec:
         try:
             memory = int(self.opt("memory", "1024" if self.simulated else "8192"))
-            cpus = int(self.opt("cpus", "2"))
+            # Under TCG every vCPU is a host thread emulating it: one is as fast to boot and run
+            # a command (measured: same wall time, 14% less CPU than two), and a parallel run's
+            # VMs then leave the host's cores to each other.
+            accel = self.accel()[0]
+            cpus = int(self.opt("cpus", "2" if accel == "kvm" else "1"))
         except ValueError:
             raise InfrastructureError("qemu.memory and qemu.cpus must be whole numbers") from None
         return vm.VmSpec(
             name=name,
             binary=self.opt("binary", "qemu-system-x86_64"),
-            accel=self.accel()[0],
+            accel=accel,
             memory_mib=memory,
             cpus=cpus,
             kernel=image.kernel,
