@@ -100,8 +100,9 @@ def test_default_pod_sees_exactly_the_one_gpu_the_device_plugin_allocated(
     adapter: KubernetesAdapter, double: KubeDouble, sim: SimHost, image: str
 ) -> None:
     with adapter.provision(GpuRequest.default(), image=image, labels={}, deadline=Deadline(60)) as box:
-        assert box.granted is None
         (allocated,) = double.allocations().values()
+        # what the device plugin handed the pod, as the kubelet reports it (allocatedResourcesStatus)
+        assert box.granted == frozenset(allocated)
         listing = box.exec(["nvidia-smi", "-L"], timeout=30)
         assert listing.ok, listing
         assert len(listing.stdout.splitlines()) == 1
