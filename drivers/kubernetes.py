@@ -378,8 +378,10 @@ class KubernetesAdapter(Adapter):
         if mode == "host":
             return None
         if self._ground_truth is None:
-            self._ground_truth = self._cluster_inventory(image, deadline)
-            self._mig_truth = self._cluster_mig_inventory(image, deadline, len(self._ground_truth.gpus))
+            whole = self._cluster_inventory(image, deadline)
+            # Both or neither: a failed MIG probe must not leave MIG cases judged by the runner.
+            self._mig_truth = self._cluster_mig_inventory(image, deadline, len(whole.gpus))
+            self._ground_truth = whole
         return self._ground_truth
 
     def id_inventory(self) -> Inventory:

@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from gpuconform.drivers import kube_cluster
-from gpuconform.drivers.base import AdapterContext, Deadline, RequestRejected
+from gpuconform.drivers.base import AdapterContext, Deadline, InfrastructureError, RequestRejected
 from gpuconform.drivers.inventory import Inventory
 from gpuconform.drivers.kube_pods import CONTAINER, build_pod_manifest, granted_from_status
 from gpuconform.drivers.kube_truth import mig_inventory_from_probes
@@ -141,3 +141,59 @@ def test_the_mig_probe_builds_mig_devices_under_their_parents() -> None:
         ("3g.40gb", 0, parent.uuid, 2),
         ("1g.10gb", 1, parent.uuid, 2),
     ]
+
+
+WHOLE = (
+    "0, GPU-99999999-2222-3333-4444-555555555555, NVIDIA A100-SXM4-80GB, 00000000:18:00.0, 81920, "
+    "580.105.08, 0\n"
+)
+
+
+def test_on_a_real_cluster_the_mig_cases_see_the_mig_units_the_nodes_advertise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = Inventory(host="runner", gpus=(), simulated=False, source="test")
+    a = _adapter(tmp_path, runner)
+    probes: list[tuple[str, dict[str, int]]] = []
+
+    def probe(
+        node: str, units: dict[str, int], argvs: list[list[str]], image: str, deadline: Deadline
+    ) -> list[str]:
+        probes.append((node, dict(units)))
+        return [WHOLE] if "nvidia.com/gpu" in units else [QUERY, LISTING]
+
+    monkeypatch.setattr(a, "core", lambda: object())
+    monkeypatch.setattr(a, "_probe", probe)
+    monkeypatch.setattr(kube_cluster, "gpu_nodes", lambda core: {"node-a": 1})
+    units = {"nvidia.com/mig-3g.40gb": 1, "nvidia.com/mig-1g.10gb": 1}
+    monkeypatch.setattr(kube_cluster, "mig_nodes", lambda core: {"node-a": units})
+    truth = a.ground_truth(image="i", deadline=Deadline(5))
+    assert truth is not None and [g.uuid for g in truth.gpus] == ["GPU-99999999-2222-3333-4444-555555555555"]
+    assert probes == [("node-a", {"nvidia.com/gpu": 1}), ("node-a", units)]
+    named = a.id_inventory()
+    assert [(m.profile, m.parent_index, m.ids(SCHEME_K8S_RESOURCE)) for m in named.migs] == [
+        ("3g.40gb", 1, ("nvidia.com/mig-3g.40gb",)),
+        ("1g.10gb", 1, ("nvidia.com/mig-1g.10gb",)),
+    ]
+
+
+def test_a_failed_mig_probe_leaves_no_half_truth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _adapter(tmp_path, Inventory(host="runner", gpus=(), simulated=False, source="test"))
+    calls = []
+
+    def probe(
+        node: str, units: dict[str, int], argvs: list[list[str]], image: str, deadline: Deadline
+    ) -> list[str]:
+        calls.append(units)
+        if "nvidia.com/gpu" in units:
+            return [WHOLE]
+        raise InfrastructureError("nvidia-smi -L in the probe pod on node-a failed")
+
+    monkeypatch.setattr(a, "core", lambda: object())
+    monkeypatch.setattr(a, "_probe", probe)
+    monkeypatch.setattr(kube_cluster, "gpu_nodes", lambda core: {"node-a": 1})
+    monkeypatch.setattr(kube_cluster, "mig_nodes", lambda core: {"node-a": {"nvidia.com/mig-1g.10gb": 1}})
+    for _ in range(2):  # each cell asks again and gets the error again, never a truth without MIG
+        with pytest.raises(InfrastructureError, match="probe pod on node-a"):
+            a.ground_truth(image="i", deadline=Deadline(5))
+    assert len(calls) == 4
