@@ -7,7 +7,7 @@ and the guest receives its granted GPUs' nodes, descriptors and nvidia-smi throu
 the simulated host's plan (faults applied). The rest is real either way: QEMU boots the guest
 (KVM when it works, TCG otherwise) and paramiko connects over SSH with a pinned host key.
 
-Options (``qemu.<key>``): binary, accel (auto|kvm|tcg), memory (MiB), cpus, kernel + initrd
+Options (``qemu.<key>``): binary, accel (auto|kvm|tcg), memory (MiB), cpus, cpu (model), kernel + initrd
 [+ append, disk] (a runner's own guest), guest_cache, python_rootfs, single (1: one GPU per VM,
 as OpenShell's VM driver), sysfs_root, vfio_state.
 """
@@ -181,6 +181,7 @@ class QemuAdapter(Adapter):
             "accel": OptionSpec("accelerator", "choice", ("auto", "kvm", "tcg")),
             "memory": OptionSpec("guest memory in MiB", "int"),
             "cpus": OptionSpec("guest vCPUs", "int"),
+            "cpu": OptionSpec("guest CPU model (default: host under KVM, Nehalem under TCG)"),
             "kernel": OptionSpec("a runner's own guest kernel (with qemu.initrd)", "path"),
             "initrd": OptionSpec("a runner's own guest initramfs (with qemu.kernel)", "path"),
             "append": OptionSpec("kernel command line of a runner's own guest"),
@@ -288,6 +289,7 @@ class QemuAdapter(Adapter):
             fw_cfg=fw_cfg,
             disks=disks,
             pci_hole64=pci_hole64,
+            cpu_model=self.opt("cpu", ""),
         )
 
     def available(self) -> Availability:

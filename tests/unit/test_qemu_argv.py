@@ -226,3 +226,9 @@ def test_gc_removes_the_runs_vm_directories(ctx: AdapterContext) -> None:
     removed = QemuAdapter(ctx).gc("r1")
     assert not leftover.exists() and other.exists()
     assert any("VM directories" in line for line in removed)
+
+
+def test_cpu_model_is_the_hosts_under_kvm_one_without_avx_under_tcg_or_the_runners() -> None:
+    assert _values(vm.qemu_argv(_spec(accel="kvm")), "-cpu") == ["host"]
+    assert _values(vm.qemu_argv(_spec(accel="tcg")), "-cpu") == [vm.TCG_CPU] == ["Nehalem"]
+    assert _values(vm.qemu_argv(_spec(accel="tcg", cpu_model="max")), "-cpu") == ["max"]
