@@ -8,8 +8,12 @@ functions that unit tests check without booting anything. Every VM is named
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +29,10 @@ FW_CFG_PREFIX = "opt/gpuconform"
 KVM_PROBE_S = 5.0
 TERM_GRACE_S = 5.0
 _PROBES: dict[tuple[str, str], tuple[bool, str]] = {}
+# Where a KVM probe's verdict is kept for the rest of this boot of the machine: a KVM that hangs
+# does not start working without a reboot or a module reload, and asking again costs every
+# process of every run the whole probe timeout (5 s each on a host with a hanging nested KVM).
+PROBE_CACHE = Path("/run/gpuconform/kvm-probe")
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,8 @@ def kvm_usable(binary: str, kernel: Path, timeout: float = KVM_PROBE_S) -> tuple
         return _PROBES[key]
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         result = (False, "no read-write access to /dev/kvm")
+    elif (kept := _kept_probe(binary, kernel)) is not None:
+        result = kept
     else:
         argv = [
             binary,
@@ -189,8 +199,44 @@ def kvm_usable(binary: str, kernel: Path, timeout: float = KVM_PROBE_S) -> tuple
             result = (False, f"kvm probe hung for {timeout:.0f}s (nested KVM?)")
         except OSError as exc:
             result = (False, f"kvm probe could not start: {exc}")
+        _keep_probe(binary, kernel, result)
     _PROBES[key] = result
     return result
+
+
+def _probe_file(binary: str, kernel: Path) -> Path | None:
+    """The cache file of a probe of this QEMU with this kernel on this boot of the machine (a
+    changed binary, kernel or /dev/kvm, or a reboot, names another file), or None."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        found = shutil.which(binary) or binary
+        parts = [boot, found, str(kernel)]
+        parts += [f"{os.stat(p).st_mtime_ns}:{os.stat(p).st_ino}" for p in (found, kernel, "/dev/kvm")]
+    except OSError:
+        return None
+    return PROBE_CACHE / (hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24] + ".json")
+
+
+def _kept_probe(binary: str, kernel: Path) -> tuple[bool, str] | None:
+    path = _probe_file(binary, kernel)
+    try:
+        doc = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ok"), bool):
+        return None
+    return bool(doc["ok"]), f"{doc.get('why', '')} (kept from an earlier probe on this boot)"
+
+
+def _keep_probe(binary: str, kernel: Path, result: tuple[bool, str]) -> None:
+    path = _probe_file(binary, kernel)
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"ok": result[0], "why": result[1]}))
+        tmp.replace(path)
 
 
 def launch(spec: VmSpec, stderr_log: Path) -> subprocess.Popen[bytes]:

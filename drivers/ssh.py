@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpuconform.drivers.base import Deadline, DeadlineExceeded, ExecResult, InfrastructureError
 
+READY_POLL_S = 0.02  # reading a small console file
 RETRY_INTERVAL_S = 0.1  # a probe is one loopback connect; a shorter wait gets to a new sshd sooner
 ATTEMPT_TIMEOUT_S = 10.0
 BANNER_PROBE_S = 1.0
@@ -138,18 +139,27 @@ class SshSession:
         keys: SshKeys,
         deadline: Deadline,
         alive: Callable[[], str | None] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> SshSession:
         """Connect, retrying while the server is not up yet, until ``deadline``.
 
         ``alive`` returns None while the server can still come up, or why it never will (a VM
-        that exited), which ends the wait at once. A wrong host key or a refused client key is
-        final: retrying cannot fix either.
+        that exited), which ends the wait at once. ``ready`` (when given) says whether the server
+        may be up yet: before that, nothing is sent, so no probe is held by a network that is not
+        listening yet. A wrong host key or a refused client key is final: retrying cannot fix
+        either.
         """
         where = f"{username}@{host}:{port}"
         last = "no attempt made"
         while True:
             if alive is not None and (why := alive()) is not None:
                 raise SshError(f"SSH to {where} cannot succeed: {why}")
+            if ready is not None and not ready():
+                last = "the server has not said it started"
+                if deadline.expired:
+                    raise DeadlineExceeded(f"SSH to {where} not up within {deadline.seconds:.0f}s ({last})")
+                time.sleep(min(READY_POLL_S, deadline.remaining))
+                continue
             if not _banner_ready(host, port, deadline.cap(BANNER_PROBE_S)):
                 last = "no SSH banner yet"
                 if deadline.expired:

@@ -6,6 +6,7 @@ no VM directory, no QEMU process (``vm.launch`` is replaced by a function that f
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,34 @@ def test_cpu_model_is_the_hosts_under_kvm_one_without_avx_under_tcg_or_the_runne
     assert _values(vm.qemu_argv(_spec(accel="kvm")), "-cpu") == ["host"]
     assert _values(vm.qemu_argv(_spec(accel="tcg")), "-cpu") == [vm.TCG_CPU] == ["Nehalem"]
     assert _values(vm.qemu_argv(_spec(accel="tcg", cpu_model="max")), "-cpu") == ["max"]
+
+
+def test_a_kvm_probe_verdict_is_kept_for_this_boot_and_asked_again_for_another_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hanging nested KVM cost each process the whole probe timeout; its verdict is now kept
+    on disk, keyed by this boot, the binary, the kernel and /dev/kvm."""
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        raise subprocess.TimeoutExpired(argv, 5)
+
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    monkeypatch.setattr(vm, "PROBE_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(vm, "_PROBES", {})
+    monkeypatch.setattr(vm.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(vm.subprocess, "run", fake_run)
+    if not Path("/dev/kvm").exists():
+        pytest.skip("the cache key includes /dev/kvm's identity; this machine has none")
+    first = vm.kvm_usable("/bin/true", kernel)
+    assert first == (False, "kvm probe hung for 5s (nested KVM?)") and len(calls) == 1
+    monkeypatch.setattr(vm, "_PROBES", {})  # a new process
+    kept = vm.kvm_usable("/bin/true", kernel)
+    assert kept[0] is False and "kept from an earlier probe" in kept[1] and len(calls) == 1
+    monkeypatch.setattr(vm, "_PROBES", {})
+    other = tmp_path / "vmlinux2"
+    other.write_bytes(b"another kernel")
+    vm.kvm_usable("/bin/true", other)
+    assert len(calls) == 2

@@ -230,3 +230,27 @@ def test_generated_keys_have_a_dropbear_host_key_and_parseable_public_lines(keys
     assert keys.client_public_line.startswith("ssh-ed25519 ")
     with pytest.raises(SshError, match="expected an 'ssh-ed25519"):
         public_key("ssh-rsa AAAA")
+
+
+def test_connect_sends_nothing_until_the_server_says_it_started(keys: SshKeys) -> None:
+    """A guest that says on its console when its sshd starts is not probed before that (a probe
+    held by QEMU's user-mode network would cost up to its whole timeout after the server is up);
+    once it says so, the server is found at once, and a server that never says so times out
+    with that reason."""
+    said = threading.Event()
+    for listener in _serve(keys.host_key, keys):
+        threading.Timer(0.5, said.set).start()
+        started = time.monotonic()
+        sess = SshSession.connect(
+            "127.0.0.1", listener.port, username="root", keys=keys, deadline=Deadline(15), ready=said.is_set
+        )
+        try:
+            assert time.monotonic() - started >= 0.5
+            assert len(listener.transports) == 2, "one probe (after it said so), then the session"
+            assert sess.exec(["big"], timeout=60).exit_code == BIG_EXIT
+        finally:
+            sess.close()
+    with pytest.raises(DeadlineExceeded, match="has not said it started"):
+        SshSession.connect(
+            "127.0.0.1", 9, username="root", keys=keys, deadline=Deadline(0.5), ready=lambda: False
+        )
