@@ -16,8 +16,7 @@ def test_exclusive_concurrent(cell: Cell) -> None:
     gpus = cell.inventory.gpus
     if len(gpus) < 2:
         cell.skip("precondition: needs 2 GPUs, the host has 1")
-    first = cell.own(GpuRequest.default())
-    second = cell.own(GpuRequest.default())
+    first, second = cell.own_all([GpuRequest.default(), GpuRequest.default()])  # together if it can
     # Each must hold exactly its grant first: two sandboxes that see nothing share nothing, and
     # "disjoint" must never be how a stack that injects no GPU passes.
     seen_first = set(expect_exactly(cell, first, 1, first.granted))
@@ -62,10 +61,9 @@ def _third_on_full_host(cell: Cell, taken: set[str]) -> None:
 @case("env.escalation")
 def test_env_escalation(cell: Cell) -> None:
     """The image asks for every GPU itself (NVIDIA_VISIBLE_DEVICES=all); only the request counts."""
-    none = cell.own(GpuRequest.none(), image="busybox-envall")
+    none, one = cell.own_all([GpuRequest.none(), GpuRequest.default()], image="busybox-envall")
     expect_no_gpu(cell, none, "no GPU requested, image sets NVIDIA_VISIBLE_DEVICES=all")
     cell.release(none)
-    one = cell.own(GpuRequest.default(), image="busybox-envall")
     expect_exactly(cell, one, 1, one.granted)
     cell.passed("NVIDIA_VISIBLE_DEVICES=all in the image widens neither a no-GPU nor a one-GPU sandbox")
 

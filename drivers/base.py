@@ -308,6 +308,10 @@ class Adapter(abc.ABC):
     # What one provision costs next to a container's (a scheduling hint for parallel runs: the
     # heavy units start first, so a run does not end waiting on one worker's VM boots).
     provision_weight: float = 1.0
+    # Whether ``provision`` may run in several threads at once, so a case that needs several
+    # sandboxes starts them together (Cell.own_all). Worth it where a start is slow (a VM boot)
+    # and safe only where the adapter's shared state is guarded by locks; off by default.
+    concurrent_starts: bool = False
     # Whether /dev/nvidiaN inside is the host's node (containers bind the host's nodes). A VM's
     # guest driver numbers its own, so smi.nodes can only hold it to the count.
     node_minors_follow_host: bool = True

@@ -217,6 +217,9 @@ class QemuAdapter(Adapter):
     id_scheme = SCHEME_PCI
     node_minors_follow_host = False  # the guest driver numbers its own /dev/nvidiaN
     provision_weight = 10.0  # a guest boot (seconds under TCG) against a container's start
+    # Boots are slow and independent: ports are the OS's, VFIO bindings, the fake sysfs tree and
+    # the guest cache are each under a file lock.
+    concurrent_starts = True
     single = False
 
     def __init__(self, ctx: AdapterContext) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from gpuconform.conformance.observe import shape_request
 from gpuconform.drivers import leases
+from gpuconform.drivers.errors import InfrastructureError
 from gpuconform.drivers.request import GpuRequest
 from gpuconform.fixtures.cell import CaseOutcome, Cell
 from gpuconform.reports.evidence import Verdict
@@ -121,3 +123,62 @@ def test_a_validation_refusal_must_name_what_it_must() -> None:
         caught.value.reason
         == "rejected, but the error does not name 'zero': gpu count must be greater than 0"
     )
+
+
+def test_own_all_starts_together_where_the_adapter_allows_it_in_the_order_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = world()
+    adapter.concurrent_starts = True
+    real_start = adapter.start
+    inside = [0, 0]  # starts running now, the most at once
+
+    def slow_start(launch: Any) -> Any:
+        inside[0] += 1
+        inside[1] = max(inside)
+        time.sleep(0.3)
+        inside[0] -= 1
+        return real_start(launch)
+
+    monkeypatch.setattr(adapter, "start", slow_start)
+    cell = make_cell("device.each", adapter)
+    assert cell.starts_at_once == 2
+    wanted = [GpuRequest.of_ids([str(i)]) for i in range(4)]
+    began = time.monotonic()
+    boxes = cell.own_all(wanted)
+    assert time.monotonic() - began < 1.0, "four 0.3 s starts, two at a time"
+    assert inside[1] == 2
+    assert [sorted(b.granted or ()) for b in boxes] == [[g.uuid] for g in adapter.inv.gpus]
+    cell.close_own()
+    assert all(p.closes == 1 for p in adapter.provisioned)
+
+
+def test_own_all_raises_a_failed_start_and_still_closes_the_ones_that_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = world()
+    adapter.concurrent_starts = True
+    real_start = adapter.start
+
+    def start(launch: Any) -> Any:
+        if launch.request.device_ids == ("1",):
+            raise InfrastructureError("the engine fell over")
+        return real_start(launch)
+
+    monkeypatch.setattr(adapter, "start", start)
+    cell = make_cell("device.each", adapter)
+    with pytest.raises(InfrastructureError, match="fell over"):
+        cell.own_all([GpuRequest.of_ids(["0"]), GpuRequest.of_ids(["1"])])
+    assert len(adapter.provisioned) == 1
+    cell.close_own()
+    assert adapter.provisioned[0].closes == 1
+
+
+def test_own_all_is_one_after_another_where_the_adapter_does_not_say_it_may() -> None:
+    adapter = world()
+    cell = make_cell("env.escalation", adapter)
+    assert cell.starts_at_once == 1
+    none, one = cell.own_all([GpuRequest.none(), GpuRequest.default()], image="busybox-envall")
+    assert [p["request"] for p in adapter.provisions] == ["none", "gpu"]
+    assert none.granted == frozenset() and one.granted is not None and len(one.granted) == 1
+    cell.close_own()
