@@ -289,7 +289,8 @@ class QemuAdapter(Adapter):
         pci_hole64: int | None = None,
     ) -> vm.VmSpec:
         try:
-            memory = int(self.opt("memory", "1024" if self.simulated else "8192"))
+            # A simulated guest runs nvidia-smi and the probe's numpy on small arrays: 512 MiB.
+            memory = int(self.opt("memory", "512" if self.simulated else "8192"))
             # Under TCG every vCPU is a host thread emulating it: one is as fast to boot and run
             # a command (measured: same wall time, 14% less CPU than two), and a parallel run's
             # VMs then leave the host's cores to each other.

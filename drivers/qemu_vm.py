@@ -107,7 +107,9 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-netdev",
         f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device",
-        "virtio-net-pci,netdev=net0",
+        # No option ROM: iPXE only network-boots, the guest boots from -kernel, and the firmware
+        # running it costs ~0.2 s of every boot under TCG.
+        "virtio-net-pci,netdev=net0,romfile=",
         "-device",
         "virtio-rng-pci",
     ]
