@@ -6,6 +6,7 @@ no VM directory, no QEMU process (``vm.launch`` is replaced by a function that f
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -250,8 +251,8 @@ def test_a_kvm_probe_verdict_is_kept_for_this_boot_and_asked_again_for_another_k
     kernel.write_bytes(b"kernel")
     monkeypatch.setattr(vm, "PROBE_CACHE", tmp_path / "cache")
     monkeypatch.setattr(vm, "_PROBES", {})
-    monkeypatch.setattr(vm.os, "access", lambda path, mode: True)
-    monkeypatch.setattr(vm.subprocess, "run", fake_run)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     if not Path("/dev/kvm").exists():
         pytest.skip("the cache key includes /dev/kvm's identity; this machine has none")
     first = vm.kvm_usable("/bin/true", kernel)
