@@ -70,6 +70,15 @@ def scheduler(host_gpus: int | None, nodes: int, drivers: Sequence[str] = DRIVER
     return sched
 
 
+def two_workers(sched: GpuScheduling, items: list[str]) -> tuple[FakeWorker, FakeWorker]:
+    """Two workers that have joined the scheduler and collected ``items``."""
+    a, b = FakeWorker("gw0"), FakeWorker("gw1")
+    for w in (a, b):
+        sched.add_node(w)
+        sched.add_node_collection(w, items)
+    return a, b
+
+
 def simulate(
     sched: GpuScheduling, workers: list[FakeWorker], items: list[str], durations: dict[str, int]
 ) -> int:
@@ -177,10 +186,7 @@ def test_two_workers_finish_sooner_than_one() -> None:
 def test_a_wide_unit_goes_first_and_nothing_that_needs_its_gpus_runs_beside_it() -> None:
     items = [f"t.py::t[podman-{c}]" for c in ("count.1", "count.max", "count.zero")]
     sched = scheduler(2, 2, ["podman"])
-    a, b = FakeWorker("gw0"), FakeWorker("gw1")
-    for w in (a, b):
-        sched.add_node(w)
-        sched.add_node_collection(w, items)
+    a, b = two_workers(sched, items)
     sched.schedule()
     assert [items[i] for i in a.queue] == [items[1], items[0]], "count.max first, count.1 after it"
     assert [items[i] for i in b.queue] == [items[2]], "beside it only what needs no GPU"
@@ -192,10 +198,7 @@ def _stuck(host_gpus: int, queue: list[str]) -> tuple[GpuScheduling, FakeWorker,
     held = ["t.py::t[podman-count.1]", "t.py::t[qemu-count.1]"]
     items = held + queue
     sched = scheduler(host_gpus, 2, ["podman", "qemu"])
-    a, b = FakeWorker("gw0"), FakeWorker("gw1")
-    for w in (a, b):
-        sched.add_node(w)
-        sched.add_node_collection(w, items)
+    a, b = two_workers(sched, items)
     sched.collection, sched.every = items, frozenset(range(host_gpus))
     sched.queue = plan_units(items, lambda n: cell_demand(["podman", "qemu"])(n, host_gpus))
     for worker, gpu, nodeid in ((a, 0, held[0]), (b, 1, held[1])):
@@ -226,10 +229,7 @@ def test_a_worker_that_holds_nothing_waits_for_room() -> None:
     items = ["t.py::t[podman-count.1]", "t.py::t[qemu-smi.default]", "t.py::t[qemu-smi.nodes]"]
     items.append("t.py::t[podman-count.max]")
     sched = scheduler(3, 2, ["podman", "qemu"])
-    a, b = FakeWorker("gw0"), FakeWorker("gw1")
-    for w in (a, b):
-        sched.add_node(w)
-        sched.add_node_collection(w, items)
+    a, b = two_workers(sched, items)
     sched.collection, sched.every = items, frozenset(range(3))
     sched.queue = plan_units(items, lambda n: cell_demand(["podman", "qemu"])(n, 3))
     count_1, default, count_max = sched.queue
@@ -245,10 +245,7 @@ def test_a_worker_that_holds_nothing_waits_for_room() -> None:
 def test_a_lost_worker_gives_back_what_it_had_not_run() -> None:
     items = collection(["podman"])
     sched = scheduler(4, 2, ["podman"])
-    a, b = FakeWorker("gw0"), FakeWorker("gw1")
-    for w in (a, b):
-        sched.add_node(w)
-        sched.add_node_collection(w, items)
+    a, b = two_workers(sched, items)
     sched.schedule()
     sent = [items[i] for i in a.queue]
     crashed = sched.remove_node(a)
